@@ -1,0 +1,139 @@
+// A small HTTP/1.1 server on Asio/Beast coroutines, shared by pdlb and pdlb-sim.
+//
+// One io_context per thread; a single acceptor hands each connection to the next thread, and the
+// connection lives there for its whole life, so handlers need no locking for per-thread state.
+// The server enforces header/body limits and timeouts, answers its own errors as JSON, watches the
+// client socket while a handler runs (a client that closes cancels the handler), and shuts down
+// gracefully.
+#pragma once
+
+#include <boost/asio/any_io_executor.hpp>
+#include <boost/asio/awaitable.hpp>
+#include <boost/asio/io_context.hpp>
+#include <boost/beast/core/error.hpp>
+#include <boost/beast/http/message.hpp>
+#include <boost/beast/http/status.hpp>
+#include <boost/beast/http/string_body.hpp>
+
+#include <atomic>
+#include <chrono>
+#include <cstdint>
+#include <functional>
+#include <memory>
+#include <string>
+#include <string_view>
+#include <vector>
+
+namespace pdlb {
+
+namespace net = boost::asio;
+namespace beast = boost::beast;
+namespace http = beast::http;
+using error_code = boost::system::error_code;
+
+/// Settings of an http_server.
+struct server_options {
+  std::string host = "127.0.0.1";  ///< Address to bind (IPv4 or IPv6 literal, or a name).
+  std::uint16_t port = 0;          ///< Port to bind; 0 picks a free one (see http_server::port()).
+  unsigned threads = 1;            ///< Number of io_context threads.
+  std::uint32_t header_limit = 64 * 1024;          ///< Larger request headers get 431.
+  std::uint64_t body_limit = 512ull * 1024 * 1024;  ///< Larger request bodies get 413.
+  /// Longest wait for a whole request header, idle time on a kept-alive connection included.
+  std::chrono::milliseconds header_timeout{std::chrono::seconds(60)};
+  /// Longest silence while a request body is being received.
+  std::chrono::milliseconds body_idle_timeout{std::chrono::seconds(60)};
+  /// Longest a single write to the client may take (a client that stops reading).
+  std::chrono::milliseconds write_timeout{std::chrono::seconds(60)};
+  int backlog = 4096;  ///< listen() backlog.
+  std::string name = "pdlb";  ///< Used in log lines.
+};
+
+using request = http::request<http::string_body>;
+
+/// One request and its response on a client connection, handed to the handler.
+///
+/// The handler answers with exactly one of respond() or begin_stream()/write_chunk()/end_stream().
+/// Every write returns an error_code: a failure means the client is gone and the handler should
+/// stop. If the client closes its connection while the handler runs, the handler coroutine is
+/// cancelled (its pending operation completes with operation_aborted and the next one throws).
+class exchange {
+ public:
+  virtual ~exchange() = default;
+
+  /// The parsed request, body included.
+  virtual const request& req() const = 0;
+  /// Mutable access, so a handler can take the body without copying it.
+  virtual request& req() = 0;
+  /// Index of the server thread (and io_context) this connection lives on.
+  virtual std::size_t thread_index() const = 0;
+  /// Address of the client, for logs.
+  virtual std::string remote() const = 0;
+
+  /// Writes a whole response with Content-Length. `extra_headers` are preformatted
+  /// "Name: value\r\n" lines.
+  virtual net::awaitable<error_code> respond(http::status status, std::string_view body,
+                                             std::string_view content_type = "application/json",
+                                             std::string_view extra_headers = {}) = 0;
+  /// Sends the headers of a streamed (chunked) response.
+  virtual net::awaitable<error_code> begin_stream(
+      http::status status, std::string_view content_type = "text/event-stream",
+      std::string_view extra_headers = {}) = 0;
+  /// Sends one piece of a streamed response, flushed at once. Empty data is a no-op.
+  virtual net::awaitable<error_code> write_chunk(std::string_view data) = 0;
+  /// Ends a streamed response.
+  virtual net::awaitable<error_code> end_stream() = 0;
+  /// Ends a streamed response abnormally: the connection is closed without the final chunk, so the
+  /// client sees an incomplete body.
+  virtual void abort_stream() = 0;
+
+  /// True once response headers were sent.
+  virtual bool responded() const = 0;
+  /// Asks the server to close the connection after this response.
+  virtual void close_after() = 0;
+};
+
+/// The request handler. Runs on the connection's thread.
+using handler_fn = std::function<net::awaitable<void>(exchange&)>;
+
+/// A `{"error":{"message":...}}` JSON body, with the message escaped.
+std::string json_error_body(std::string_view message);
+
+class http_server {
+ public:
+  http_server(server_options opts, handler_fn handler);
+  ~http_server();
+  http_server(const http_server&) = delete;
+  http_server& operator=(const http_server&) = delete;
+
+  /// Binds and listens; throws std::system_error if that fails. After this, port() is known.
+  void listen();
+  /// The bound port.
+  std::uint16_t port() const;
+  /// The io_context of thread i (0 <= i < thread_count()).
+  net::io_context& context(std::size_t i);
+  std::size_t thread_count() const;
+
+  /// Runs all threads (the calling one is thread 0) until the server has stopped.
+  void run();
+
+  /// Graceful shutdown, callable from any thread: stop accepting, close idle connections, let
+  /// requests in flight finish for up to `grace`, then cancel the rest. `on_drained` runs (on thread
+  /// 0) once no request is in flight; run() returns once everything else posted has finished.
+  void shutdown(std::chrono::milliseconds grace, std::function<void()> on_drained = {});
+
+  /// Lets run() return once pending work ends (after shutdown). Called automatically after
+  /// on_drained.
+  void release();
+
+  /// Number of requests being handled right now (all threads).
+  std::size_t in_flight() const;
+  /// Number of open client connections (all threads).
+  std::size_t connections() const;
+
+  struct impl;
+
+ private:
+  std::unique_ptr<impl> impl_;
+};
+
+}  // namespace pdlb

@@ -1,0 +1,548 @@
+#include "pdlb/http_server.hpp"
+
+#include "pdlb/json_escape.hpp"
+
+#include <boost/asio/as_tuple.hpp>
+#include <boost/asio/co_spawn.hpp>
+#include <boost/asio/executor_work_guard.hpp>
+#include <boost/asio/experimental/awaitable_operators.hpp>
+#include <boost/asio/ip/tcp.hpp>
+#include <boost/asio/ip/v6_only.hpp>
+#include <boost/asio/post.hpp>
+#include <boost/asio/steady_timer.hpp>
+#include <boost/asio/use_awaitable.hpp>
+#include <boost/asio/write.hpp>
+#include <boost/beast/core/flat_buffer.hpp>
+#include <boost/beast/core/tcp_stream.hpp>
+#include <boost/beast/http/error.hpp>
+#include <boost/beast/http/parser.hpp>
+#include <boost/beast/http/read.hpp>
+#include <spdlog/spdlog.h>
+
+#include <sys/socket.h>
+
+#include <array>
+#include <cerrno>
+#include <mutex>
+#include <optional>
+#include <thread>
+#include <unordered_set>
+
+namespace pdlb {
+
+using tcp = net::ip::tcp;
+using namespace net::experimental::awaitable_operators;
+namespace {
+constexpr auto tuple_awaitable = net::as_tuple(net::use_awaitable);
+}
+
+std::string json_error_body(std::string_view message) {
+  std::string out = "{\"error\":{\"message\":";
+  append_json_string(out, message);
+  out += "}}";
+  return out;
+}
+
+namespace {
+
+// One client connection, reachable from shutdown() through its thread's registry.
+struct connection {
+  beast::tcp_stream stream;
+  bool idle = true;  // waiting for the next request, nothing in flight
+
+  explicit connection(tcp::socket s) : stream(std::move(s)) {}
+};
+
+struct thread_state {
+  std::unordered_set<connection*> connections;
+};
+
+bool is_http_parse_error(const error_code& ec) {
+  return ec.category() == http::make_error_code(http::error::bad_target).category();
+}
+
+void append_status_line(std::string& out, http::status status) {
+  out += "HTTP/1.1 ";
+  out += std::to_string(static_cast<unsigned>(status));
+  out.push_back(' ');
+  auto reason = http::obsolete_reason(status);
+  out.append(reason.data(), reason.size());
+  out += "\r\n";
+}
+
+}  // namespace
+
+struct http_server::impl {
+  server_options opts;
+  handler_fn handler;
+  std::vector<std::unique_ptr<net::io_context>> contexts;
+  std::vector<thread_state> threads;
+  std::vector<std::optional<net::executor_work_guard<net::io_context::executor_type>>> guards;
+  std::unique_ptr<tcp::acceptor> acceptor;
+  std::uint16_t bound_port = 0;
+  std::atomic<std::size_t> next_thread{0};
+  std::atomic<std::size_t> in_flight{0};
+  std::atomic<std::size_t> open_connections{0};
+  std::atomic<bool> stopping{false};
+  std::atomic<bool> drained_signalled{false};
+  std::mutex drained_mutex;
+  std::function<void()> on_drained;
+  std::unique_ptr<net::steady_timer> grace_timer;
+
+  net::awaitable<void> accept_loop();
+  net::awaitable<void> run_session(tcp::socket socket, std::size_t index);
+  void request_finished();
+  void signal_drained();
+  void close_connections(bool idle_only);
+};
+
+namespace {
+
+class exchange_impl final : public exchange {
+ public:
+  exchange_impl(connection& conn, request&& req, std::size_t index,
+                const server_options& opts)
+      : conn_(conn), req_(std::move(req)), index_(index), opts_(opts) {
+    keep_alive_ = req_.keep_alive();
+    http10_ = req_.version() < 11;
+  }
+
+  const request& req() const override { return req_; }
+  request& req() override { return req_; }
+  std::size_t thread_index() const override { return index_; }
+  std::string remote() const override {
+    error_code ec;
+    auto ep = conn_.stream.socket().remote_endpoint(ec);
+    if (ec) return "?";
+    return ep.address().to_string() + ":" + std::to_string(ep.port());
+  }
+
+  net::awaitable<error_code> respond(http::status status, std::string_view body,
+                                     std::string_view content_type,
+                                     std::string_view extra_headers) override {
+    if (responded_) co_return net::error::already_started;
+    responded_ = true;
+    std::string head;
+    head.reserve(160 + extra_headers.size());
+    append_status_line(head, status);
+    head += "Content-Type: ";
+    head.append(content_type.data(), content_type.size());
+    head += "\r\nContent-Length: ";
+    head += std::to_string(body.size());
+    head += "\r\n";
+    append_connection_header(head);
+    head.append(extra_headers.data(), extra_headers.size());
+    head += "\r\n";
+    std::array<net::const_buffer, 2> bufs{net::buffer(head), net::buffer(body.data(), body.size())};
+    conn_.stream.expires_after(opts_.write_timeout);
+    auto [ec, n] = co_await net::async_write(conn_.stream, bufs, tuple_awaitable);
+    if (ec) keep_alive_ = false;
+    co_return ec;
+  }
+
+  net::awaitable<error_code> begin_stream(http::status status, std::string_view content_type,
+                                          std::string_view extra_headers) override {
+    if (responded_) co_return net::error::already_started;
+    responded_ = true;
+    streaming_ = true;
+    std::string head;
+    head.reserve(160 + extra_headers.size());
+    append_status_line(head, status);
+    head += "Content-Type: ";
+    head.append(content_type.data(), content_type.size());
+    head += "\r\nCache-Control: no-cache\r\n";
+    if (http10_) {
+      // HTTP/1.0 has no chunked encoding: the body ends when the connection closes.
+      keep_alive_ = false;
+    } else {
+      head += "Transfer-Encoding: chunked\r\n";
+    }
+    append_connection_header(head);
+    head.append(extra_headers.data(), extra_headers.size());
+    head += "\r\n";
+    conn_.stream.expires_after(opts_.write_timeout);
+    auto [ec, n] = co_await net::async_write(conn_.stream, net::buffer(head), tuple_awaitable);
+    if (ec) keep_alive_ = false;
+    co_return ec;
+  }
+
+  net::awaitable<error_code> write_chunk(std::string_view data) override {
+    if (!streaming_ || stream_ended_) co_return net::error::operation_not_supported;
+    if (data.empty()) co_return error_code{};
+    conn_.stream.expires_after(opts_.write_timeout);
+    error_code ec;
+    if (http10_) {
+      std::tie(ec, std::ignore) =
+          co_await net::async_write(conn_.stream, net::buffer(data.data(), data.size()), tuple_awaitable);
+    } else {
+      char size_line[24];
+      int len = std::snprintf(size_line, sizeof size_line, "%zx\r\n", data.size());
+      std::array<net::const_buffer, 3> bufs{net::buffer(size_line, static_cast<std::size_t>(len)),
+                                            net::buffer(data.data(), data.size()),
+                                            net::buffer("\r\n", 2)};
+      std::tie(ec, std::ignore) = co_await net::async_write(conn_.stream, bufs, tuple_awaitable);
+    }
+    if (ec) keep_alive_ = false;
+    co_return ec;
+  }
+
+  net::awaitable<error_code> end_stream() override {
+    if (!streaming_ || stream_ended_) co_return net::error::operation_not_supported;
+    stream_ended_ = true;
+    if (http10_) co_return error_code{};
+    conn_.stream.expires_after(opts_.write_timeout);
+    auto [ec, n] = co_await net::async_write(conn_.stream, net::buffer("0\r\n\r\n", 5), tuple_awaitable);
+    if (ec) keep_alive_ = false;
+    co_return ec;
+  }
+
+  void abort_stream() override {
+    keep_alive_ = false;
+    stream_ended_ = true;
+  }
+
+  bool responded() const override { return responded_; }
+  void close_after() override { keep_alive_ = false; }
+
+  bool keep_alive() const { return keep_alive_ && (!streaming_ || stream_ended_); }
+  bool stream_unfinished() const { return streaming_ && !stream_ended_; }
+
+ private:
+  void append_connection_header(std::string& head) const {
+    if (!keep_alive_) {
+      head += "Connection: close\r\n";
+    } else if (http10_) {
+      head += "Connection: keep-alive\r\n";
+    }
+  }
+
+  connection& conn_;
+  request req_;
+  std::size_t index_;
+  const server_options& opts_;
+  bool keep_alive_ = true;
+  bool http10_ = false;
+  bool responded_ = false;
+  bool streaming_ = false;
+  bool stream_ended_ = false;
+};
+
+// Writes an error response produced by the server itself, then the connection is closed.
+net::awaitable<void> write_server_error(connection& conn, const server_options& opts,
+                                        http::status status, std::string_view message) {
+  std::string body = json_error_body(message);
+  std::string head;
+  append_status_line(head, status);
+  head += "Content-Type: application/json\r\nContent-Length: ";
+  head += std::to_string(body.size());
+  head += "\r\nConnection: close\r\n\r\n";
+  std::array<net::const_buffer, 2> bufs{net::buffer(head), net::buffer(body)};
+  conn.stream.expires_after(opts.write_timeout);
+  co_await net::async_write(conn.stream, bufs, tuple_awaitable);
+}
+
+// Completes when the client closes (or resets) its connection, or when cancelled. Bytes from a
+// pipelined next request do not end it: they stay in the kernel for the next read.
+net::awaitable<void> watch_client_close(tcp::socket& socket) {
+  for (;;) {
+    auto [ec] = co_await socket.async_wait(tcp::socket::wait_read, tuple_awaitable);
+    if (ec) co_return;
+    char byte;
+    ssize_t n = ::recv(socket.native_handle(), &byte, 1, MSG_PEEK | MSG_DONTWAIT);
+    if (n == 0) co_return;  // orderly close
+    if (n < 0 && errno != EAGAIN && errno != EWOULDBLOCK && errno != EINTR) co_return;
+    if (n > 0) {
+      // A pipelined request is waiting. We cannot see a close behind it, so wait to be cancelled
+      // (when the handler finishes) instead of spinning on a readable socket.
+      net::steady_timer forever(socket.get_executor(), net::steady_timer::time_point::max());
+      co_await forever.async_wait(tuple_awaitable);
+      co_return;
+    }
+  }
+}
+
+net::awaitable<void> run_guarded(const handler_fn& handler, exchange_impl& ex) {
+  try {
+    co_await handler(ex);
+  } catch (const boost::system::system_error& e) {
+    if (e.code() != net::error::operation_aborted)
+      spdlog::error("handler failed on {} {}: {}", std::string(ex.req().method_string()),
+                    std::string(ex.req().target()), e.what());
+  } catch (const std::exception& e) {
+    spdlog::error("handler failed on {} {}: {}", std::string(ex.req().method_string()),
+                  std::string(ex.req().target()), e.what());
+  }
+}
+
+bool is_resource_exhaustion(const error_code& ec) {
+  return ec == net::error::no_descriptors || ec == net::error::no_buffer_space ||
+         ec == net::error::no_memory || ec.value() == ENFILE;
+}
+
+}  // namespace
+
+net::awaitable<void> http_server::impl::accept_loop() {
+  net::steady_timer backoff(acceptor->get_executor());
+  auto last_warning = std::chrono::steady_clock::time_point{};
+  for (;;) {
+    std::size_t index = next_thread.fetch_add(1, std::memory_order_relaxed) % contexts.size();
+    auto [ec, socket] =
+        co_await acceptor->async_accept(contexts[index]->get_executor(), tuple_awaitable);
+    if (ec) {
+      if (ec == net::error::operation_aborted || !acceptor->is_open() || stopping) co_return;
+      if (is_resource_exhaustion(ec)) {
+        // Out of file descriptors: pending connections stay in the backlog; try again shortly,
+        // as nginx does, rather than spinning on accept().
+        auto now = std::chrono::steady_clock::now();
+        if (now - last_warning > std::chrono::seconds(5)) {
+          spdlog::warn("{}: accept failed ({}); backing off", opts.name, ec.message());
+          last_warning = now;
+        }
+        backoff.expires_after(std::chrono::milliseconds(50));
+        co_await backoff.async_wait(tuple_awaitable);
+      }
+      continue;
+    }
+    error_code ignored;
+    socket.set_option(tcp::no_delay(true), ignored);
+    net::co_spawn(*contexts[index], run_session(std::move(socket), index),
+                  [name = opts.name](std::exception_ptr e) {
+                    if (!e) return;
+                    try {
+                      std::rethrow_exception(e);
+                    } catch (const std::exception& ex) {
+                      spdlog::error("{}: session ended by exception: {}", name, ex.what());
+                    }
+                  });
+  }
+}
+
+void http_server::impl::signal_drained() {
+  if (drained_signalled.exchange(true)) return;
+  net::post(*contexts[0], [this] {
+    if (grace_timer) grace_timer->cancel();
+    std::function<void()> cb;
+    {
+      std::lock_guard lock(drained_mutex);
+      cb = std::move(on_drained);
+    }
+    if (cb) cb();
+  });
+}
+
+void http_server::impl::request_finished() {
+  if (in_flight.fetch_sub(1, std::memory_order_acq_rel) == 1 && stopping) signal_drained();
+}
+
+void http_server::impl::close_connections(bool idle_only) {
+  for (std::size_t i = 0; i < contexts.size(); ++i) {
+    net::post(*contexts[i], [this, i, idle_only] {
+      for (connection* c : threads[i].connections) {
+        if (!idle_only || c->idle) {
+          error_code ignored;
+          c->stream.socket().shutdown(tcp::socket::shutdown_both, ignored);
+          c->stream.socket().close(ignored);
+        }
+      }
+    });
+  }
+}
+
+net::awaitable<void> http_server::impl::run_session(tcp::socket socket, std::size_t index) {
+  connection conn(std::move(socket));
+  auto& registry = threads[index].connections;
+  registry.insert(&conn);
+  open_connections.fetch_add(1, std::memory_order_relaxed);
+  struct unregister {
+    impl* self;
+    std::unordered_set<connection*>& registry;
+    connection* conn;
+    ~unregister() {
+      registry.erase(conn);
+      self->open_connections.fetch_sub(1, std::memory_order_relaxed);
+    }
+  } guard{this, registry, &conn};
+
+  beast::flat_buffer buffer;
+  for (;;) {
+    if (stopping) break;
+    http::request_parser<http::string_body> parser;
+    parser.header_limit(opts.header_limit);
+    parser.body_limit(opts.body_limit);
+    conn.idle = true;
+    conn.stream.expires_after(opts.header_timeout);
+    auto [ec, n] = co_await http::async_read_header(conn.stream, buffer, parser, tuple_awaitable);
+    conn.idle = false;
+    if (ec) {
+      if (ec == http::error::header_limit) {
+        co_await write_server_error(conn, opts, http::status::request_header_fields_too_large,
+                                    "request header too large");
+      } else if (ec == http::error::body_limit) {
+        co_await write_server_error(conn, opts, http::status::payload_too_large,
+                                    "request body too large (limit " +
+                                        std::to_string(opts.body_limit) + " bytes)");
+      } else if (ec == beast::error::timeout) {
+        if (buffer.size() > 0)
+          co_await write_server_error(conn, opts, http::status::request_timeout,
+                                      "timed out reading the request header");
+      } else if (ec != http::error::end_of_stream && ec != net::error::eof &&
+                 ec != net::error::operation_aborted && ec != net::error::connection_reset &&
+                 ec != net::error::bad_descriptor && is_http_parse_error(ec)) {
+        co_await write_server_error(conn, opts, http::status::bad_request,
+                                    "malformed HTTP request: " + ec.message());
+      }
+      break;
+    }
+
+    in_flight.fetch_add(1, std::memory_order_acq_rel);
+    struct finish {
+      impl* self;
+      ~finish() { self->request_finished(); }
+    } finished{this};
+
+    auto& head = parser.get();
+    if (auto expect = head[http::field::expect]; !expect.empty()) {
+      if (beast::iequals(expect, "100-continue")) {
+        if (!parser.is_done()) {
+          conn.stream.expires_after(opts.write_timeout);
+          auto [wec, wn] = co_await net::async_write(
+              conn.stream, net::buffer("HTTP/1.1 100 Continue\r\n\r\n", 25), tuple_awaitable);
+          if (wec) break;
+        }
+      } else {
+        co_await write_server_error(conn, opts, http::status::expectation_failed,
+                                    "unsupported Expect header");
+        break;
+      }
+    }
+
+    bool body_ok = true;
+    while (!parser.is_done()) {
+      conn.stream.expires_after(opts.body_idle_timeout);
+      auto [rec, rn] = co_await http::async_read_some(conn.stream, buffer, parser, tuple_awaitable);
+      if (!rec) continue;
+      body_ok = false;
+      if (rec == http::error::body_limit) {
+        co_await write_server_error(conn, opts, http::status::payload_too_large,
+                                    "request body too large (limit " +
+                                        std::to_string(opts.body_limit) + " bytes)");
+      } else if (rec == beast::error::timeout) {
+        co_await write_server_error(conn, opts, http::status::request_timeout,
+                                    "timed out reading the request body");
+      } else if (is_http_parse_error(rec) &&
+                 rec != http::error::partial_message && rec != http::error::end_of_stream) {
+        co_await write_server_error(conn, opts, http::status::bad_request,
+                                    "malformed HTTP request body: " + rec.message());
+      }
+      break;
+    }
+    if (!body_ok) break;
+    conn.stream.expires_never();  // the handler's writes set their own deadlines
+
+    exchange_impl ex(conn, parser.release(), index, opts);
+    auto winner = co_await (run_guarded(handler, ex) || watch_client_close(conn.stream.socket()));
+    if (winner.index() == 1) {
+      // The client went away: the handler was cancelled; nothing more can be written.
+      break;
+    }
+    if (!ex.responded()) {
+      exchange& base = ex;
+      auto ec2 = co_await base.respond(http::status::internal_server_error,
+                                     json_error_body("internal error"));
+      if (ec2) break;
+    }
+    if (ex.stream_unfinished()) break;
+    if (!ex.keep_alive()) break;
+  }
+  error_code ignored;
+  conn.stream.socket().shutdown(tcp::socket::shutdown_send, ignored);
+  conn.stream.socket().close(ignored);
+}
+
+http_server::http_server(server_options opts, handler_fn handler) : impl_(std::make_unique<impl>()) {
+  impl_->opts = std::move(opts);
+  impl_->handler = std::move(handler);
+  unsigned n = std::max(1u, impl_->opts.threads);
+  impl_->threads.resize(n);
+  for (unsigned i = 0; i < n; ++i) {
+    impl_->contexts.push_back(std::make_unique<net::io_context>(1));
+    impl_->guards.emplace_back(net::make_work_guard(*impl_->contexts.back()));
+  }
+}
+
+http_server::~http_server() = default;
+
+void http_server::listen() {
+  auto& ioc = *impl_->contexts[0];
+  tcp::resolver resolver(ioc);
+  auto results = resolver.resolve(impl_->opts.host, std::to_string(impl_->opts.port),
+                                  tcp::resolver::passive | tcp::resolver::numeric_service);
+  if (results.empty()) throw std::system_error(std::make_error_code(std::errc::invalid_argument),
+                                               "cannot resolve " + impl_->opts.host);
+  tcp::endpoint ep = results.begin()->endpoint();
+  auto acc = std::make_unique<tcp::acceptor>(ioc);
+  acc->open(ep.protocol());
+  acc->set_option(net::socket_base::reuse_address(true));
+  if (ep.address().is_v6()) {
+    error_code ignored;
+    acc->set_option(net::ip::v6_only(false), ignored);
+  }
+  acc->bind(ep);
+  acc->listen(impl_->opts.backlog);
+  impl_->bound_port = acc->local_endpoint().port();
+  impl_->acceptor = std::move(acc);
+  net::co_spawn(ioc, impl_->accept_loop(), [](std::exception_ptr e) {
+    if (!e) return;
+    try {
+      std::rethrow_exception(e);
+    } catch (const std::exception& ex) {
+      spdlog::critical("accept loop ended by exception: {}", ex.what());
+    }
+  });
+}
+
+std::uint16_t http_server::port() const { return impl_->bound_port; }
+
+net::io_context& http_server::context(std::size_t i) { return *impl_->contexts.at(i); }
+
+std::size_t http_server::thread_count() const { return impl_->contexts.size(); }
+
+void http_server::run() {
+  std::vector<std::thread> workers;
+  for (std::size_t i = 1; i < impl_->contexts.size(); ++i)
+    workers.emplace_back([this, i] { impl_->contexts[i]->run(); });
+  impl_->contexts[0]->run();
+  for (auto& t : workers) t.join();
+}
+
+void http_server::shutdown(std::chrono::milliseconds grace, std::function<void()> on_drained) {
+  {
+    std::lock_guard lock(impl_->drained_mutex);
+    impl_->on_drained = std::move(on_drained);
+  }
+  if (impl_->stopping.exchange(true)) return;
+  net::post(*impl_->contexts[0], [this, grace] {
+    error_code ignored;
+    if (impl_->acceptor) impl_->acceptor->close(ignored);
+    impl_->grace_timer = std::make_unique<net::steady_timer>(*impl_->contexts[0], grace);
+    impl_->grace_timer->async_wait([this](error_code ec) {
+      if (ec) return;  // drained in time
+      spdlog::warn("{}: grace period over, closing {} connection(s) with requests in flight",
+                   impl_->opts.name, impl_->open_connections.load());
+      impl_->close_connections(false);
+    });
+    if (impl_->in_flight.load() == 0) impl_->signal_drained();
+  });
+  impl_->close_connections(true);
+}
+
+void http_server::release() {
+  for (std::size_t i = 0; i < impl_->contexts.size(); ++i)
+    net::post(*impl_->contexts[i], [this, i] { impl_->guards[i].reset(); });
+}
+
+std::size_t http_server::in_flight() const { return impl_->in_flight.load(); }
+
+std::size_t http_server::connections() const { return impl_->open_connections.load(); }
+
+}  // namespace pdlb

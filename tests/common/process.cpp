@@ -1,0 +1,187 @@
+#include "common/process.hpp"
+
+#include <cerrno>
+#include <csignal>
+#include <cstdlib>
+#include <cstring>
+#include <stdexcept>
+
+#include <fcntl.h>
+#include <poll.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+extern char** environ;
+
+namespace pdlb::test {
+
+child_process::child_process(std::vector<std::string> argv,
+                             std::map<std::string, std::string> extra_env) {
+  int fds[2];
+  if (::pipe2(fds, O_CLOEXEC) != 0) throw std::runtime_error("pipe failed");
+  std::vector<char*> args;
+  for (auto& a : argv) args.push_back(a.data());
+  args.push_back(nullptr);
+  std::vector<std::string> env_storage;
+  for (char** e = environ; *e; ++e) {
+    std::string kv = *e;
+    auto eq = kv.find('=');
+    if (eq != std::string::npos && extra_env.count(kv.substr(0, eq))) continue;
+    env_storage.push_back(std::move(kv));
+  }
+  for (auto& [k, v] : extra_env) env_storage.push_back(k + "=" + v);
+  std::vector<char*> envp;
+  for (auto& e : env_storage) envp.push_back(e.data());
+  envp.push_back(nullptr);
+
+  pid_ = ::fork();
+  if (pid_ < 0) throw std::runtime_error("fork failed");
+  if (pid_ == 0) {
+    ::dup2(fds[1], 1);
+    ::dup2(fds[1], 2);
+    // A new process group, so that a killed test takes its helpers' children down too.
+    ::setpgid(0, 0);
+    ::execve(args[0], args.data(), envp.data());
+    std::fprintf(stderr, "exec %s failed: %s\n", args[0], std::strerror(errno));
+    ::_exit(127);
+  }
+  ::close(fds[1]);
+  out_fd_ = fds[0];
+  reader_ = std::thread([this] { reader_loop(); });
+}
+
+child_process::~child_process() {
+  {
+    std::unique_lock lock(mutex_);
+    reap_locked(false);
+    if (!exit_status_) {
+      ::kill(-pid_, SIGKILL);
+      ::kill(pid_, SIGKILL);
+      reap_locked(true);
+    }
+  }
+  if (reader_.joinable()) reader_.join();
+  if (out_fd_ >= 0) ::close(out_fd_);
+}
+
+void child_process::reader_loop() {
+  char buf[8192];
+  for (;;) {
+    ssize_t n = ::read(out_fd_, buf, sizeof buf);
+    if (n < 0 && errno == EINTR) continue;
+    std::lock_guard lock(mutex_);
+    if (n <= 0) {
+      if (!partial_.empty()) lines_.push_back(std::move(partial_));
+      partial_.clear();
+      eof_ = true;
+      cv_.notify_all();
+      return;
+    }
+    if (std::getenv("PDLB_TEST_ECHO")) ::write(2, buf, static_cast<std::size_t>(n));
+    partial_.append(buf, static_cast<std::size_t>(n));
+    std::size_t start = 0;
+    for (;;) {
+      auto nl = partial_.find('\n', start);
+      if (nl == std::string::npos) break;
+      lines_.push_back(partial_.substr(start, nl - start));
+      start = nl + 1;
+    }
+    partial_.erase(0, start);
+    cv_.notify_all();
+  }
+}
+
+namespace {
+std::vector<std::string> groups(const std::smatch& m) {
+  std::vector<std::string> out;
+  for (const auto& g : m) out.push_back(g.str());
+  return out;
+}
+}  // namespace
+
+std::optional<std::vector<std::string>> child_process::wait_for_line(const std::regex& re,
+                                                        std::chrono::milliseconds timeout,
+                                                        std::size_t from_line) {
+  auto deadline = std::chrono::steady_clock::now() + timeout;
+  std::unique_lock lock(mutex_);
+  std::size_t checked = from_line;
+  for (;;) {
+    for (; checked < lines_.size(); ++checked) {
+      std::smatch m;
+      if (std::regex_search(lines_[checked], m, re)) return groups(m);
+    }
+    if (eof_) return std::nullopt;
+    if (cv_.wait_until(lock, deadline) == std::cv_status::timeout) {
+      for (; checked < lines_.size(); ++checked) {
+        std::smatch m;
+        if (std::regex_search(lines_[checked], m, re)) return groups(m);
+      }
+      return std::nullopt;
+    }
+  }
+}
+
+std::size_t child_process::line_count() const {
+  std::lock_guard lock(mutex_);
+  return lines_.size();
+}
+
+std::string child_process::output() const {
+  std::lock_guard lock(mutex_);
+  std::string all;
+  for (auto& l : lines_) {
+    all += l;
+    all += '\n';
+  }
+  all += partial_;
+  return all;
+}
+
+void child_process::signal(int sig) {
+  std::lock_guard lock(mutex_);
+  if (!exit_status_) ::kill(pid_, sig);
+}
+
+void child_process::reap_locked(bool block) {
+  if (exit_status_) return;
+  int status = 0;
+  pid_t r = ::waitpid(pid_, &status, block ? 0 : WNOHANG);
+  if (r == pid_) {
+    if (WIFEXITED(status)) exit_status_ = WEXITSTATUS(status);
+    else if (WIFSIGNALED(status)) exit_status_ = 128 + WTERMSIG(status);
+    else exit_status_ = -1;
+  }
+}
+
+std::optional<int> child_process::wait_exit(std::chrono::milliseconds timeout) {
+  // The output pipe closes when the process (and any child sharing it) exits: wait for that
+  // event, then reap.
+  auto deadline = std::chrono::steady_clock::now() + timeout;
+  std::unique_lock lock(mutex_);
+  cv_.wait_until(lock, deadline, [this] { return eof_; });
+  reap_locked(false);
+  while (!exit_status_ && std::chrono::steady_clock::now() < deadline) {
+    // The pipe may stay open through a grandchild; fall back to waiting on the pid itself.
+    lock.unlock();
+    int status = 0;
+    pid_t r = ::waitpid(pid_, &status, WNOHANG);
+    lock.lock();
+    if (r == pid_) {
+      if (WIFEXITED(status)) exit_status_ = WEXITSTATUS(status);
+      else if (WIFSIGNALED(status)) exit_status_ = 128 + WTERMSIG(status);
+      break;
+    }
+    lock.unlock();
+    ::poll(nullptr, 0, 10);
+    lock.lock();
+  }
+  return exit_status_;
+}
+
+bool child_process::running() {
+  std::lock_guard lock(mutex_);
+  reap_locked(false);
+  return !exit_status_;
+}
+
+}  // namespace pdlb::test
