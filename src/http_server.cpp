@@ -80,6 +80,7 @@ struct http_server::impl {
   std::vector<std::optional<net::executor_work_guard<net::io_context::executor_type>>> guards;
   std::unique_ptr<tcp::acceptor> acceptor;
   std::uint16_t bound_port = 0;
+  tcp::endpoint listen_endpoint;  // what listen() bound, for resume_accepting()
   std::atomic<std::size_t> next_thread{0};
   std::atomic<std::size_t> in_flight{0};
   std::atomic<std::size_t> open_connections{0};
@@ -199,6 +200,13 @@ class exchange_impl final : public exchange {
   void abort_stream() override {
     keep_alive_ = false;
     stream_ended_ = true;
+  }
+
+  void drop_connection() override {
+    // Counting as responded stops the session from writing its own 500; without keep-alive the
+    // session then closes the socket.
+    responded_ = true;
+    keep_alive_ = false;
   }
 
   bool responded() const override { return responded_; }
@@ -490,6 +498,7 @@ void http_server::listen() {
   acc->bind(ep);
   acc->listen(impl_->opts.backlog);
   impl_->bound_port = acc->local_endpoint().port();
+  impl_->listen_endpoint = tcp::endpoint(ep.address(), impl_->bound_port);
   impl_->acceptor = std::move(acc);
   net::co_spawn(ioc, impl_->accept_loop(), [](std::exception_ptr e) {
     if (!e) return;
@@ -539,6 +548,48 @@ void http_server::shutdown(std::chrono::milliseconds grace, std::function<void()
 void http_server::release() {
   for (std::size_t i = 0; i < impl_->contexts.size(); ++i)
     net::post(*impl_->contexts[i], [this, i] { impl_->guards[i].reset(); });
+}
+
+void http_server::stop_accepting() {
+  net::post(*impl_->contexts[0], [this] {
+    if (!impl_->acceptor || !impl_->acceptor->is_open()) return;
+    error_code ignored;
+    impl_->acceptor->close(ignored);
+  });
+}
+
+void http_server::resume_accepting() {
+  net::post(*impl_->contexts[0], [this] {
+    if (impl_->stopping || !impl_->acceptor || impl_->acceptor->is_open()) return;
+    // The same acceptor object is reused: the old accept loop may still hold a completion for it
+    // (operation_aborted), so it must not be destroyed here.
+    auto& acc = *impl_->acceptor;
+    tcp::endpoint ep = impl_->listen_endpoint;
+    error_code ec;
+    acc.open(ep.protocol(), ec);
+    if (!ec) acc.set_option(net::socket_base::reuse_address(true), ec);
+    if (!ec && ep.address().is_v6()) {
+      error_code ignored;
+      acc.set_option(net::ip::v6_only(false), ignored);
+    }
+    if (!ec) acc.bind(ep, ec);
+    if (!ec) acc.listen(impl_->opts.backlog, ec);
+    if (ec) {
+      spdlog::error("{}: cannot listen again on port {}: {}", impl_->opts.name, ep.port(),
+                    ec.message());
+      error_code ignored;
+      acc.close(ignored);
+      return;
+    }
+    net::co_spawn(*impl_->contexts[0], impl_->accept_loop(), [](std::exception_ptr e) {
+      if (!e) return;
+      try {
+        std::rethrow_exception(e);
+      } catch (const std::exception& ex) {
+        spdlog::critical("accept loop ended by exception: {}", ex.what());
+      }
+    });
+  });
 }
 
 std::size_t http_server::in_flight() const { return impl_->in_flight.load(); }

@@ -86,6 +86,11 @@ class exchange {
   /// client sees an incomplete body.
   virtual void abort_stream() = 0;
 
+  /// Closes the connection without sending any response (fault injection, e.g. a worker that
+  /// crashes mid-request). The handler should return right after. The default does nothing, so
+  /// existing implementations of this interface keep compiling.
+  virtual void drop_connection() {}
+
   /// True once response headers were sent.
   virtual bool responded() const = 0;
   /// Asks the server to close the connection after this response.
@@ -124,6 +129,13 @@ class http_server {
   /// Lets run() return once pending work ends (after shutdown). Called automatically after
   /// on_drained.
   void release();
+
+  /// Closes the listening socket so new connections are refused; open connections stay. Callable
+  /// from any thread.
+  void stop_accepting();
+  /// Listens again on the same port after stop_accepting(). Callable from any thread. Errors are
+  /// logged (the port may have been taken meanwhile).
+  void resume_accepting();
 
   /// Number of requests being handled right now (all threads).
   std::size_t in_flight() const;
