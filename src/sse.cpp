@@ -27,6 +27,11 @@ const char* find_line_end(const char* p, const char* end) {
   return p;
 }
 
+// Whether the bytes just before `at` (and not before `floor`) are a CRLF.
+bool crlf_before(const char* data, std::size_t floor, std::size_t at) {
+  return at >= floor + 2 && data[at - 1] == '\n' && data[at - 2] == '\r';
+}
+
 }  // namespace
 
 void sse_splitter::feed(std::string_view bytes) {
@@ -58,6 +63,11 @@ std::optional<std::string_view> sse_splitter::next_event() {
       continue;
     }
     const bool blank_line = at_line_start_;
+    if (blank_line && c == '\r' && scan_ + 1 == size && crlf_before(data, start_, scan_)) {
+      // "\r\n\r" at the end of what we have: in a CRLF stream the LF is almost surely in the next
+      // read, so wait for it rather than emit an event whose terminator depends on read boundaries.
+      return std::nullopt;
+    }
     ++scan_;
     at_line_start_ = true;
     if (c == '\r') {
@@ -96,7 +106,10 @@ std::size_t complete_prefix_length(std::string_view buffered, std::size_t search
     // A CR followed by a LF is the first half of a CRLF that ends at i + 1, already looked at.
     if (c == '\r' && i + 1 < buffered.size() && data[i + 1] == '\n') continue;
     const std::size_t token_begin = (c == '\n' && i > 0 && data[i - 1] == '\r') ? i - 1 : i;
-    if (token_begin == 0 || is_line_end(data[token_begin - 1])) return i + 1;
+    if (token_begin != 0 && !is_line_end(data[token_begin - 1])) continue;
+    // Like sse_splitter, a final "\r\n\r" waits for its LF.
+    if (c == '\r' && i + 1 == buffered.size() && crlf_before(data, 0, i)) continue;
+    return i + 1;
   }
   return 0;
 }
