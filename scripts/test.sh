@@ -1,0 +1,43 @@
+#!/usr/bin/env bash
+# Installs what is missing, builds, and runs every test.
+#   scripts/test.sh          the whole suite: Release, then ASan+UBSan, then TSan, then a fuzz smoke
+#   scripts/test.sh quick    the Release suite only (for development)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+mode=${1:-full}
+jobs=$(nproc)
+
+./scripts/setup.sh
+
+configure_and_build() {
+  local dir=$1; shift
+  echo "=== build $dir ($*)"
+  cmake -S . -B "$dir" -G Ninja "$@" >/dev/null
+  cmake --build "$dir" -j "$jobs"
+}
+
+run_suite() {
+  local dir=$1
+  echo "=== test $dir"
+  ctest --test-dir "$dir" --output-on-failure -j "$jobs" --timeout 600
+}
+
+configure_and_build build -DCMAKE_BUILD_TYPE=Release
+run_suite build
+
+if [ "$mode" = quick ]; then
+  exit 0
+fi
+
+configure_and_build build-asan -DCMAKE_BUILD_TYPE=RelWithDebInfo -DPDLB_SANITIZE=address,undefined
+ASAN_OPTIONS=detect_leaks=1:abort_on_error=1 UBSAN_OPTIONS=halt_on_error=1:print_stacktrace=1 run_suite build-asan
+
+configure_and_build build-tsan -DCMAKE_BUILD_TYPE=RelWithDebInfo -DPDLB_SANITIZE=thread
+TSAN_OPTIONS=halt_on_error=1:second_deadlock_stack=1 run_suite build-tsan
+
+if [ -f tests/fuzz/CMakeLists.txt ]; then
+  configure_and_build build-fuzz -DCMAKE_BUILD_TYPE=RelWithDebInfo -DCMAKE_CXX_COMPILER=clang++-14 \
+    -DPDLB_FUZZ=ON -DPDLB_BUILD_TESTS=OFF
+  ./scripts/fuzz.sh build-fuzz "${PDLB_FUZZ_SECONDS:-30}"
+fi
+echo "=== all suites passed"

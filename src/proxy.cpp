@@ -1,0 +1,648 @@
+#include "pdlb/proxy.hpp"
+
+#include "pdlb/json_escape.hpp"
+#include "pdlb/logprob_merge.hpp"
+#include "pdlb/policy.hpp"
+#include "pdlb/rewrite.hpp"
+#include "pdlb/sse.hpp"
+
+#include <boost/asio/co_spawn.hpp>
+#include <boost/asio/deferred.hpp>
+#include <boost/asio/experimental/parallel_group.hpp>
+#include <boost/asio/steady_timer.hpp>
+#include <boost/asio/this_coro.hpp>
+#include <boost/asio/use_awaitable.hpp>
+#include <boost/asio/as_tuple.hpp>
+#include <boost/beast/core/error.hpp>
+#include <nlohmann/json.hpp>
+#include <spdlog/spdlog.h>
+
+#include <array>
+#include <sstream>
+
+namespace pdlb {
+
+namespace {
+
+constexpr std::size_t admin_body_limit = 64 * 1024 * 1024;
+constexpr std::size_t relay_chunk = 64 * 1024;
+constexpr auto tuple_awaitable = net::as_tuple(net::use_awaitable);
+
+// A leg that failed: what the client should be told.
+struct leg_failure : std::exception {
+  leg_failure(http::status s, std::string m) : status(s), message(std::move(m)) {}
+  const char* what() const noexcept override { return message.c_str(); }
+  http::status status;
+  std::string message;
+};
+
+// The decode worker answered with an error, and that answer was already relayed to the client.
+struct decode_answered : std::exception {
+  const char* what() const noexcept override { return "decode answered with an error"; }
+};
+
+http::status status_for(const error_code& ec) {
+  if (ec == beast::error::timeout) return http::status::gateway_timeout;
+  if (ec == upstream_errc::pool_exhausted) return http::status::service_unavailable;
+  return http::status::bad_gateway;
+}
+
+std::string describe_failure(std::string_view role, const worker& w, const upstream_call& call,
+                             const error_code& ec) {
+  std::string msg(role);
+  msg += " worker ";
+  msg += w.host->url().url;
+  msg += " failed while ";
+  msg += upstream_call::phase_name(call.where());
+  msg += ": ";
+  msg += ec == beast::error::timeout ? std::string("timed out") : ec.message();
+  return msg;
+}
+
+std::string snippet(std::string_view body) {
+  constexpr std::size_t max = 512;
+  std::string s(body.substr(0, max));
+  if (body.size() > max) s += "...";
+  return s;
+}
+
+bool is_2xx(unsigned status) { return status >= 200 && status < 300; }
+
+// Compares secrets without an early exit, so timing does not reveal how much matched.
+bool constant_time_equal(std::string_view a, std::string_view b) {
+  unsigned char diff = a.size() == b.size() ? 0 : 1;
+  std::size_t n = std::max(a.size(), b.size());
+  for (std::size_t i = 0; i < n; ++i) {
+    unsigned char x = i < a.size() ? static_cast<unsigned char>(a[i]) : 0;
+    unsigned char y = i < b.size() ? static_cast<unsigned char>(b[i]) : 0;
+    diff |= static_cast<unsigned char>(x ^ y);
+  }
+  return diff == 0;
+}
+
+bool bearer_ok(const request& req, const std::string& key) {
+  if (key.empty()) return true;
+  auto auth = req[http::field::authorization];
+  constexpr std::string_view prefix = "Bearer ";
+  if (auth.size() < prefix.size() || !beast::iequals(auth.substr(0, prefix.size()), prefix))
+    return false;
+  return constant_time_equal(auth.substr(prefix.size()), key);
+}
+
+// RAII: a request in flight on a worker.
+struct worker_lease {
+  explicit worker_lease(worker& w) : w_(w) {
+    w_.in_flight.fetch_add(1, std::memory_order_relaxed);
+    w_.requests.fetch_add(1, std::memory_order_relaxed);
+  }
+  ~worker_lease() { w_.in_flight.fetch_sub(1, std::memory_order_relaxed); }
+  worker_lease(const worker_lease&) = delete;
+  worker_lease& operator=(const worker_lease&) = delete;
+  worker& w_;
+};
+
+struct fan_result {
+  std::string url;
+  unsigned status = 0;
+  std::string body;
+  std::string error;  // transport failure, empty if the worker answered
+};
+
+net::awaitable<fan_result> call_worker(worker& w, std::size_t thread, std::string method,
+                                       std::string path, std::string_view body) {
+  fan_result r;
+  r.url = w.host->url().url;
+  upstream_call call(*w.host, thread);
+  if (auto ec = co_await call.start(method, path, body)) {
+    r.error = describe_failure(w.prefill ? "prefill" : "decode", w, call, ec);
+    co_return r;
+  }
+  if (auto ec = co_await call.read_all(r.body, admin_body_limit)) {
+    r.error = describe_failure(w.prefill ? "prefill" : "decode", w, call, ec);
+    co_return r;
+  }
+  r.status = call.status();
+  call.release();
+  co_return r;
+}
+
+// Calls every worker in `ws` at once; results in the order of `ws`.
+net::awaitable<std::vector<fan_result>> fan_out(const std::vector<worker*>& ws, std::size_t thread,
+                                                std::string method, std::string path,
+                                                std::string_view body) {
+  if (ws.empty()) co_return std::vector<fan_result>{};
+  auto ex = co_await net::this_coro::executor;
+  using op_type = decltype(net::co_spawn(ex, call_worker(*ws[0], thread, method, path, body),
+                                         net::deferred));
+  std::vector<op_type> ops;
+  ops.reserve(ws.size());
+  for (worker* w : ws)
+    ops.push_back(net::co_spawn(ex, call_worker(*w, thread, method, path, body), net::deferred));
+  auto [order, errors, results] = co_await net::experimental::make_parallel_group(std::move(ops))
+                                      .async_wait(net::experimental::wait_for_all(),
+                                                  net::use_awaitable);
+  for (std::size_t i = 0; i < results.size(); ++i) {
+    if (errors[i]) {
+      // call_worker only throws on cancellation; rethrow so the handler unwinds.
+      std::rethrow_exception(errors[i]);
+    }
+  }
+  co_return std::move(results);
+}
+
+std::string failures_text(const std::vector<fan_result>& results) {
+  std::string out;
+  for (const auto& r : results) {
+    if (r.error.empty() && is_2xx(r.status)) continue;
+    if (!out.empty()) out += "; ";
+    if (!r.error.empty()) {
+      out += r.error;
+    } else {
+      out += r.url + " answered " + std::to_string(r.status);
+      if (!r.body.empty()) out += ": " + snippet(r.body);
+    }
+  }
+  return out;
+}
+
+// Awaitable one-shot event on a single thread: a timer that never expires, cancelled to signal.
+struct one_shot_event {
+  explicit one_shot_event(const net::any_io_executor& ex)
+      : timer(ex, net::steady_timer::time_point::max()) {}
+  void set() {
+    ready = true;
+    timer.cancel();
+  }
+  net::awaitable<void> wait() {
+    while (!ready) co_await timer.async_wait(tuple_awaitable);
+  }
+  net::steady_timer timer;
+  bool ready = false;
+};
+
+// Ends the parallel group of a stream's two legs: a failed leg cancels the other; a decode leg
+// that finished (the client has its whole answer) also cancels a prefill leg still running.
+struct stream_group_condition {
+  net::cancellation_type_t operator()(std::exception_ptr e, int /*prefill*/) const {
+    return e ? net::cancellation_type::terminal : net::cancellation_type::none;
+  }
+  net::cancellation_type_t operator()(std::exception_ptr, bool /*decode*/) const {
+    return net::cancellation_type::terminal;
+  }
+};
+
+// True if `e` is a leg failure or decode_answered (an expected outcome), setting `out` for the
+// former. Cancellation exceptions return false.
+bool classify(std::exception_ptr e, std::optional<leg_failure>& out, bool& answered) {
+  if (!e) return false;
+  try {
+    std::rethrow_exception(e);
+  } catch (const leg_failure& f) {
+    if (!out) out = f;
+    return true;
+  } catch (const decode_answered&) {
+    answered = true;
+    return true;
+  } catch (const boost::system::system_error& se) {
+    if (se.code() == net::error::operation_aborted) return false;
+    if (!out) out = leg_failure(http::status::bad_gateway, se.what());
+    return true;
+  } catch (const std::exception& ex) {
+    if (!out) out = leg_failure(http::status::internal_server_error, ex.what());
+    return true;
+  }
+}
+
+}  // namespace
+
+load_balancer::load_balancer(const config& cfg, std::size_t threads)
+    : cfg_(cfg), global_limit_(std::make_shared<conn_limiter>(cfg.connector_limit)) {
+  upstream_options uo;
+  uo.connect_timeout = cfg.connect_timeout;
+  uo.response_timeout = cfg.timeout;
+  uo.idle_timeout = cfg.upstream_idle_timeout;
+  for (const auto& p : cfg.prefill) {
+    auto w = std::make_unique<worker>();
+    w->host = std::make_unique<upstream_host>(p.url, threads, cfg.connector_limit_per_host,
+                                              global_limit_, uo);
+    w->prefill = true;
+    w->bootstrap_port = p.bootstrap_port;
+    prefill_.push_back(std::move(w));
+  }
+  for (const auto& d : cfg.decode) {
+    auto w = std::make_unique<worker>();
+    w->host = std::make_unique<upstream_host>(d, threads, cfg.connector_limit_per_host,
+                                              global_limit_, uo);
+    decode_.push_back(std::move(w));
+  }
+}
+
+load_balancer::~load_balancer() = default;
+
+void load_balancer::close_idle(std::size_t thread) {
+  for (auto& w : prefill_) w->host->close_idle(thread);
+  for (auto& w : decode_) w->host->close_idle(thread);
+}
+
+std::string load_balancer::status_line(double seconds) {
+  auto requests = counters_.requests.load();
+  auto errors = counters_.errors.load();
+  double rate = seconds > 0 ? static_cast<double>(requests - last_requests_) / seconds : 0.0;
+  std::ostringstream out;
+  out.setf(std::ios::fixed);
+  out.precision(1);
+  out << "requests/s: " << rate << ", in flight: " << counters_.in_flight.load()
+      << ", errors: " << (errors - last_errors_) << " (total " << errors << ")"
+      << ", client aborts: " << counters_.client_aborts.load() << ", prefill in flight: [";
+  for (std::size_t i = 0; i < prefill_.size(); ++i)
+    out << (i ? ", " : "") << prefill_[i]->host->url().url << "=" << prefill_[i]->in_flight.load();
+  out << "], decode in flight: [";
+  for (std::size_t i = 0; i < decode_.size(); ++i)
+    out << (i ? ", " : "") << decode_[i]->host->url().url << "=" << decode_[i]->in_flight.load();
+  out << "]";
+  last_requests_ = requests;
+  last_errors_ = errors;
+  return out.str();
+}
+
+net::awaitable<void> load_balancer::handle(exchange& ex) {
+  counters_.requests.fetch_add(1, std::memory_order_relaxed);
+  counters_.in_flight.fetch_add(1, std::memory_order_relaxed);
+  struct done_guard {
+    lb_counters& c;
+    exchange& ex;
+    bool finished = false;
+    ~done_guard() {
+      c.in_flight.fetch_sub(1, std::memory_order_relaxed);
+      // Unwound without finishing: the client left, and the handler was cancelled.
+      if (!finished) c.client_aborts.fetch_add(1, std::memory_order_relaxed);
+    }
+  } guard{counters_, ex};
+  co_await dispatch(ex);
+  guard.finished = true;
+}
+
+net::awaitable<void> load_balancer::dispatch(exchange& ex) {
+  auto& req = ex.req();
+  std::string_view target = req.target();
+  std::string_view path = target.substr(0, target.find('?'));
+  auto method = req.method();
+  auto reply_error = [&](http::status s, std::string msg,
+                         std::string_view extra = {}) -> net::awaitable<void> {
+    counters_.errors.fetch_add(1, std::memory_order_relaxed);
+    co_await ex.respond(s, json_error_body(msg), "application/json", extra);
+  };
+  auto method_not_allowed = [&](std::string_view allow) -> net::awaitable<void> {
+    std::string extra = "Allow: " + std::string(allow) + "\r\n";
+    co_await reply_error(http::status::method_not_allowed,
+                         "method " + std::string(req.method_string()) + " not allowed on " +
+                             std::string(path),
+                         extra);
+  };
+
+  const bool is_post = method == http::verb::post;
+  const bool is_get = method == http::verb::get;
+
+  if (path == "/generate" || path == "/v1/completions" || path == "/v1/chat/completions") {
+    if (!is_post) co_return co_await method_not_allowed("POST");
+    if (!bearer_ok(req, cfg_.api_key))
+      co_return co_await reply_error(http::status::unauthorized, "missing or wrong API key",
+                                     "WWW-Authenticate: Bearer\r\n");
+    co_return co_await handle_pd(ex, path, path != "/generate");
+  }
+  if (path == "/health") {
+    if (!is_get && method != http::verb::head) co_return co_await method_not_allowed("GET");
+    co_await ex.respond(http::status::ok, "", "text/plain");
+    co_return;
+  }
+  if (path == "/health_generate") {
+    if (!is_get) co_return co_await method_not_allowed("GET");
+    co_return co_await handle_health_generate(ex);
+  }
+  if (path == "/flush_cache" || path == "/abort_request" || path == "/start_profile" ||
+      path == "/stop_profile") {
+    if (!is_post) co_return co_await method_not_allowed("POST");
+    if (!bearer_ok(req, cfg_.admin_api_key))
+      co_return co_await reply_error(http::status::unauthorized, "missing or wrong admin API key",
+                                     "WWW-Authenticate: Bearer\r\n");
+    co_return co_await handle_fan_out(ex, path, false);
+  }
+  if (path == "/get_server_info") {
+    if (!is_get) co_return co_await method_not_allowed("GET");
+    co_return co_await handle_server_info(ex);
+  }
+  if (path == "/v1/models" || path == "/get_model_info") {
+    if (!is_get) co_return co_await method_not_allowed("GET");
+    co_return co_await handle_first_prefill(ex, path);
+  }
+  co_await reply_error(http::status::not_found, "no route for " + std::string(path));
+}
+
+net::awaitable<void> load_balancer::handle_pd(exchange& ex, std::string_view path, bool openai) {
+  const std::string& body = ex.req().body();
+  auto fail = [&](http::status s, std::string msg) -> net::awaitable<void> {
+    counters_.errors.fetch_add(1, std::memory_order_relaxed);
+    co_await ex.respond(s, json_error_body(msg));
+  };
+
+  inspect_result inspected = inspect_request(body, openai ? route_kind::openai : route_kind::generate);
+  if (!inspected.ok) co_return co_await fail(http::status::bad_request, inspected.error);
+  if (prefill_.empty()) co_return co_await fail(http::status::service_unavailable, "no prefill worker available");
+  if (decode_.empty()) co_return co_await fail(http::status::service_unavailable, "no decode worker available");
+
+  auto& rng = thread_rng();
+  worker& p = *prefill_[pick_worker(
+      cfg_.policy, prefill_.size(), [&](std::size_t i) { return prefill_[i]->in_flight.load(std::memory_order_relaxed); },
+      rng, rr_prefill_)];
+  worker& d = *decode_[pick_worker(
+      cfg_.policy, decode_.size(), [&](std::size_t i) { return decode_[i]->in_flight.load(std::memory_order_relaxed); },
+      rng, rr_decode_)];
+  worker_lease p_lease(p);
+  worker_lease d_lease(d);
+
+  const request_info& info = inspected.info;
+  std::size_t items = info.batch_size.value_or(1);
+  std::vector<std::uint64_t> rooms(items);
+  for (auto& r : rooms) r = random_room(rng);
+  bootstrap_fields boot{p.host->url().bootstrap_host, p.bootstrap_port};
+  const std::string rewritten = rewrite_request(body, info, boot, rooms);
+  const bool want_logprobs = info.return_logprob;
+  const std::size_t thread = ex.thread_index();
+  const std::string fwd_path(path);
+
+  auto executor = co_await net::this_coro::executor;
+  std::optional<leg_failure> failure;
+  bool answered = false;
+
+  if (!info.stream) {
+    prefill_logprobs prefill_lp;
+    unsigned decode_status = 0;
+    std::string decode_body;
+    std::string decode_type;
+
+    auto prefill_leg = [&]() -> net::awaitable<int> {
+      upstream_call call(*p.host, thread);
+      if (auto ec = co_await call.start("POST", fwd_path, rewritten))
+        throw leg_failure(status_for(ec), describe_failure("prefill", p, call, ec));
+      std::string pbody;
+      if (auto ec = co_await call.read_all(pbody, cfg_.max_body_size))
+        throw leg_failure(status_for(ec), describe_failure("prefill", p, call, ec));
+      if (!is_2xx(call.status()))
+        throw leg_failure(static_cast<http::status>(call.status()),
+                          "prefill worker " + p.host->url().url + " answered " +
+                              std::to_string(call.status()) + ": " + snippet(pbody));
+      call.release();
+      if (want_logprobs) extract_input_logprobs(pbody, prefill_lp);
+      co_return 0;
+    };
+    auto decode_leg = [&]() -> net::awaitable<bool> {
+      upstream_call call(*d.host, thread);
+      if (auto ec = co_await call.start("POST", fwd_path, rewritten))
+        throw leg_failure(status_for(ec), describe_failure("decode", d, call, ec));
+      if (auto ec = co_await call.read_all(decode_body, cfg_.max_body_size))
+        throw leg_failure(status_for(ec), describe_failure("decode", d, call, ec));
+      decode_status = call.status();
+      decode_type = std::string(call.content_type());
+      call.release();
+      co_return true;
+    };
+
+    auto [order, pe, pv, de, dv] =
+        co_await net::experimental::make_parallel_group(
+            net::co_spawn(executor, prefill_leg(), net::deferred),
+            net::co_spawn(executor, decode_leg(), net::deferred))
+            .async_wait(net::experimental::wait_for_one_error(), net::use_awaitable);
+    bool prefill_failed = classify(pe, failure, answered);
+    bool decode_failed = classify(de, failure, answered);
+    if (!prefill_failed && !decode_failed && (pe || de)) {
+      // Both were cancelled: our own handler is being cancelled (the client left).
+      co_return;
+    }
+    if (failure) {
+      (prefill_failed ? p : d).failures.fetch_add(1, std::memory_order_relaxed);
+      spdlog::warn("request failed: {}", failure->message);
+      co_return co_await fail(failure->status, failure->message);
+    }
+    if (decode_status >= 400) counters_.errors.fetch_add(1, std::memory_order_relaxed);
+    if (want_logprobs && is_2xx(decode_status)) {
+      if (auto merged = merge_input_logprobs(decode_body, prefill_lp)) decode_body = std::move(*merged);
+    }
+    co_await ex.respond(static_cast<http::status>(decode_status), decode_body,
+                        decode_type.empty() ? std::string_view("application/json") : std::string_view(decode_type));
+    co_return;
+  }
+
+  // Streaming: the decode worker's events reach the client as they arrive.
+  bool headers_sent = false;
+  prefill_logprobs prefill_lp;
+  one_shot_event prefill_ready(executor);
+
+  auto prefill_leg = [&]() -> net::awaitable<int> {
+    upstream_call call(*p.host, thread);
+    if (auto ec = co_await call.start("POST", fwd_path, rewritten))
+      throw leg_failure(status_for(ec), describe_failure("prefill", p, call, ec));
+    if (!is_2xx(call.status())) {
+      std::string pbody;
+      co_await call.read_all(pbody, 64 * 1024);
+      throw leg_failure(static_cast<http::status>(call.status()),
+                        "prefill worker " + p.host->url().url + " answered " +
+                            std::to_string(call.status()) + ": " + snippet(pbody));
+    }
+    // Read the prefill's whole answer so its connection can be reused; keep its logprobs.
+    sse_splitter splitter;
+    std::array<char, 16384> buf;
+    for (;;) {
+      std::size_t n = 0;
+      bool done = false;
+      if (auto ec = co_await call.read_some(buf.data(), buf.size(), n, done))
+        throw leg_failure(status_for(ec), describe_failure("prefill", p, call, ec));
+      if (want_logprobs && n) {
+        splitter.feed(std::string_view(buf.data(), n));
+        while (auto ev = splitter.next_event()) {
+          if (auto data = event_data(*ev); data && *data != "[DONE]")
+            collect_stream_logprobs(*data, prefill_lp);
+        }
+      }
+      if (done) break;
+    }
+    call.release();
+    prefill_ready.set();
+    co_return 0;
+  };
+
+  auto decode_leg = [&]() -> net::awaitable<bool> {
+    upstream_call call(*d.host, thread);
+    if (auto ec = co_await call.start("POST", fwd_path, rewritten))
+      throw leg_failure(status_for(ec), describe_failure("decode", d, call, ec));
+    if (!is_2xx(call.status())) {
+      // Relay the decode worker's own error answer, as minilb does for non-stream requests.
+      std::string dbody;
+      if (auto ec = co_await call.read_all(dbody, cfg_.max_body_size))
+        throw leg_failure(status_for(ec), describe_failure("decode", d, call, ec));
+      counters_.errors.fetch_add(1, std::memory_order_relaxed);
+      headers_sent = true;
+      std::string ct(call.content_type());
+      co_await ex.respond(static_cast<http::status>(call.status()), dbody,
+                          ct.empty() ? std::string_view("application/json") : std::string_view(ct));
+      throw decode_answered();
+    }
+    headers_sent = true;
+    if (auto ec = co_await ex.begin_stream(http::status::ok)) throw boost::system::system_error(net::error::operation_aborted);
+    std::vector<char> buf(relay_chunk);
+    std::string pending;  // bytes of an event not yet complete
+    std::string out;
+    sse_splitter splitter;
+    for (;;) {
+      std::size_t n = 0;
+      bool done = false;
+      if (auto ec = co_await call.read_some(buf.data(), buf.size(), n, done))
+        throw leg_failure(status_for(ec), describe_failure("decode", d, call, ec));
+      std::string_view piece(buf.data(), n);
+      if (want_logprobs) {
+        if (!prefill_ready.ready) co_await prefill_ready.wait();
+        splitter.feed(piece);
+        out.clear();
+        while (auto ev = splitter.next_event()) {
+          auto data = event_data(*ev);
+          std::optional<std::string> merged;
+          if (data && *data != "[DONE]") merged = merge_event_logprobs(*data, prefill_lp);
+          if (merged) {
+            out += "data: ";
+            out += *merged;
+            out += "\n\n";
+          } else {
+            out.append(ev->data(), ev->size());
+          }
+        }
+        if (done) out.append(splitter.pending());
+        if (auto ec = co_await ex.write_chunk(out)) throw boost::system::system_error(net::error::operation_aborted);
+      } else if (pending.empty()) {
+        // Forward whole events straight from the read buffer; keep a partial tail.
+        std::size_t whole = done ? piece.size() : complete_prefix_length(piece);
+        if (auto ec = co_await ex.write_chunk(piece.substr(0, whole))) throw boost::system::system_error(net::error::operation_aborted);
+        pending.assign(piece.substr(whole));
+      } else {
+        pending.append(piece);
+        std::size_t whole = done ? pending.size() : complete_prefix_length(pending);
+        if (auto ec = co_await ex.write_chunk(std::string_view(pending).substr(0, whole))) throw boost::system::system_error(net::error::operation_aborted);
+        pending.erase(0, whole);
+      }
+      if (done) break;
+    }
+    call.release();
+    if (auto ec = co_await ex.end_stream()) throw boost::system::system_error(net::error::operation_aborted);
+    co_return true;
+  };
+
+  auto [order, pe, pv, de, dv] =
+      co_await net::experimental::make_parallel_group(
+          net::co_spawn(executor, prefill_leg(), net::deferred),
+          net::co_spawn(executor, decode_leg(), net::deferred))
+          .async_wait(stream_group_condition{}, net::use_awaitable);
+  bool prefill_failed = classify(pe, failure, answered);
+  bool decode_failed = classify(de, failure, answered);
+  bool decode_finished = !de;
+  if (decode_finished || answered) co_return;  // the client has its whole answer
+  if (!failure) {
+    // Cancelled from outside (the client left), or the client write failed.
+    if (!headers_sent || !prefill_failed) ex.close_after();
+    co_return;
+  }
+  (prefill_failed ? p : d).failures.fetch_add(1, std::memory_order_relaxed);
+  (void)decode_failed;
+  counters_.errors.fetch_add(1, std::memory_order_relaxed);
+  spdlog::warn("stream failed: {}", failure->message);
+  if (!headers_sent) {
+    co_await ex.respond(failure->status, json_error_body(failure->message));
+    co_return;
+  }
+  // Headers are out: tell the client in the stream, and end it without [DONE].
+  std::string event = "data: " + json_error_body(failure->message) + "\n\n";
+  if (co_await ex.write_chunk(event)) co_return;
+  co_await ex.end_stream();
+}
+
+net::awaitable<void> load_balancer::handle_fan_out(exchange& ex, std::string_view path, bool get) {
+  std::vector<worker*> all;
+  for (auto& w : prefill_) all.push_back(w.get());
+  for (auto& w : decode_) all.push_back(w.get());
+  auto results = co_await fan_out(all, ex.thread_index(), get ? "GET" : "POST", std::string(path),
+                                  ex.req().body());
+  std::string failed = failures_text(results);
+  if (!failed.empty()) {
+    counters_.errors.fetch_add(1, std::memory_order_relaxed);
+    co_await ex.respond(http::status::bad_gateway,
+                        json_error_body(std::string(path) + " failed on: " + failed));
+    co_return;
+  }
+  co_await ex.respond(http::status::ok, "", "text/plain");
+}
+
+net::awaitable<void> load_balancer::handle_health_generate(exchange& ex) {
+  std::vector<worker*> all;
+  for (auto& w : prefill_) all.push_back(w.get());
+  for (auto& w : decode_) all.push_back(w.get());
+  auto results = co_await fan_out(all, ex.thread_index(), "GET", "/health_generate", {});
+  std::string failed = failures_text(results);
+  if (!failed.empty()) {
+    counters_.errors.fetch_add(1, std::memory_order_relaxed);
+    co_await ex.respond(http::status::service_unavailable,
+                        json_error_body("unhealthy workers: " + failed));
+    co_return;
+  }
+  co_await ex.respond(http::status::ok, "", "text/plain");
+}
+
+net::awaitable<void> load_balancer::handle_server_info(exchange& ex) {
+  std::vector<worker*> all;
+  for (auto& w : prefill_) all.push_back(w.get());
+  for (auto& w : decode_) all.push_back(w.get());
+  auto results = co_await fan_out(all, ex.thread_index(), "GET", "/get_server_info", {});
+  std::string failed = failures_text(results);
+  nlohmann::json out = {{"prefill", nlohmann::json::array()}, {"decode", nlohmann::json::array()},
+                        {"internal_states", nlohmann::json::array()}};
+  for (std::size_t i = 0; i < results.size() && failed.empty(); ++i) {
+    auto parsed = nlohmann::json::parse(results[i].body, nullptr, false);
+    if (parsed.is_discarded()) {
+      failed = results[i].url + " answered invalid JSON";
+      break;
+    }
+    bool is_prefill = i < prefill_.size();
+    if (!is_prefill && parsed.is_object()) {
+      if (auto it = parsed.find("internal_states"); it != parsed.end() && it->is_array())
+        for (auto& s : *it) out["internal_states"].push_back(s);
+    }
+    out[is_prefill ? "prefill" : "decode"].push_back(std::move(parsed));
+  }
+  if (!failed.empty()) {
+    counters_.errors.fetch_add(1, std::memory_order_relaxed);
+    co_await ex.respond(http::status::bad_gateway,
+                        json_error_body("get_server_info failed on: " + failed));
+    co_return;
+  }
+  co_await ex.respond(http::status::ok, out.dump());
+}
+
+net::awaitable<void> load_balancer::handle_first_prefill(exchange& ex, std::string_view path) {
+  if (prefill_.empty()) {
+    counters_.errors.fetch_add(1, std::memory_order_relaxed);
+    co_await ex.respond(http::status::service_unavailable,
+                        json_error_body("no prefill worker available"));
+    co_return;
+  }
+  std::string errors;
+  for (auto& w : prefill_) {
+    auto r = co_await call_worker(*w, ex.thread_index(), "GET", std::string(path), {});
+    if (r.error.empty() && r.status == 200) {
+      co_await ex.respond(http::status::ok, r.body);
+      co_return;
+    }
+    if (!errors.empty()) errors += "; ";
+    errors += r.error.empty() ? r.url + " answered " + std::to_string(r.status) : r.error;
+  }
+  counters_.errors.fetch_add(1, std::memory_order_relaxed);
+  co_await ex.respond(http::status::bad_gateway,
+                      json_error_body("no prefill worker answered " + std::string(path) + ": " + errors));
+}
+
+}  // namespace pdlb

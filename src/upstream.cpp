@@ -1,0 +1,422 @@
+#include "pdlb/upstream.hpp"
+
+#include <boost/asio/as_tuple.hpp>
+#include <boost/asio/connect.hpp>
+#include <boost/asio/ip/tcp.hpp>
+#include <boost/asio/post.hpp>
+#include <boost/asio/steady_timer.hpp>
+#include <boost/asio/this_coro.hpp>
+#include <boost/asio/use_awaitable.hpp>
+#include <boost/asio/write.hpp>
+#include <boost/beast/core/flat_buffer.hpp>
+#include <boost/beast/core/tcp_stream.hpp>
+#include <boost/beast/http/buffer_body.hpp>
+#include <boost/beast/http/error.hpp>
+#include <boost/beast/http/parser.hpp>
+#include <boost/beast/http/read.hpp>
+
+#include <sys/socket.h>
+
+#include <array>
+#include <cerrno>
+#include <optional>
+#include <vector>
+
+namespace pdlb {
+
+namespace beast = boost::beast;
+namespace http = beast::http;
+using tcp = net::ip::tcp;
+using clock_type = std::chrono::steady_clock;
+
+namespace {
+constexpr auto tuple_awaitable = net::as_tuple(net::use_awaitable);
+
+class upstream_category_impl final : public boost::system::error_category {
+ public:
+  const char* name() const noexcept override { return "pdlb.upstream"; }
+  std::string message(int ev) const override {
+    switch (static_cast<upstream_errc>(ev)) {
+      case upstream_errc::pool_exhausted: return "no upstream connection became free (connector limit reached)";
+      case upstream_errc::response_too_large: return "response body too large";
+      case upstream_errc::bad_response: return "malformed HTTP response";
+    }
+    return "unknown upstream error";
+  }
+};
+}  // namespace
+
+const boost::system::error_category& upstream_category() {
+  static upstream_category_impl cat;
+  return cat;
+}
+
+error_code make_error_code(upstream_errc e) { return {static_cast<int>(e), upstream_category()}; }
+
+// ---------------------------------------------------------------------------------------------
+// conn_limiter
+
+struct conn_limiter::waiter {
+  explicit waiter(const net::any_io_executor& ex, clock_type::time_point deadline)
+      : timer(ex, deadline) {}
+  net::steady_timer timer;
+  bool granted = false;  // guarded by the limiter's mutex
+};
+
+bool conn_limiter::try_acquire() {
+  std::lock_guard lock(mutex_);
+  if (used_ < limit_) {
+    ++used_;
+    return true;
+  }
+  return false;
+}
+
+net::awaitable<bool> conn_limiter::acquire(clock_type::time_point deadline) {
+  if (try_acquire()) co_return true;
+  auto w = std::make_shared<waiter>(co_await net::this_coro::executor, deadline);
+  {
+    std::lock_guard lock(mutex_);
+    if (used_ < limit_) {
+      ++used_;
+      co_return true;
+    }
+    waiters_.push_back(w);
+  }
+  // Woken by release() cancelling the timer, by the deadline, or by our own cancellation.
+  co_await w->timer.async_wait(tuple_awaitable);
+  std::lock_guard lock(mutex_);
+  if (w->granted) co_return true;
+  waiters_.remove(w);
+  co_return false;
+}
+
+void conn_limiter::release() {
+  std::shared_ptr<waiter> w;
+  {
+    std::lock_guard lock(mutex_);
+    if (waiters_.empty()) {
+      --used_;
+      return;
+    }
+    // Hand the slot straight to the longest waiter; `used_` stays the same.
+    w = std::move(waiters_.front());
+    waiters_.pop_front();
+    w->granted = true;
+  }
+  // The timer belongs to the waiter's thread: cancel it there. The shared_ptr keeps it alive.
+  net::post(w->timer.get_executor(), [w] { w->timer.cancel(); });
+}
+
+std::size_t conn_limiter::used() const {
+  std::lock_guard lock(mutex_);
+  return used_;
+}
+
+bool conn_limiter::has_waiters() const {
+  std::lock_guard lock(mutex_);
+  return !waiters_.empty();
+}
+
+// ---------------------------------------------------------------------------------------------
+// upstream_host
+
+namespace detail {
+struct pooled_conn;
+}
+using detail::pooled_conn;
+
+struct upstream_host::impl {
+  worker_url url;
+  upstream_options opts;
+  conn_limiter host_limit;
+  std::shared_ptr<conn_limiter> global_limit;
+  std::atomic<std::size_t> open{0};
+  std::vector<std::vector<std::unique_ptr<pooled_conn>>> idle;  // per thread
+  std::mutex resolve_mutex;
+  std::vector<tcp::endpoint> endpoints;  // cached resolution
+  std::string request_prefix;  // " " + path prefix, used when building request lines
+
+  impl(worker_url u, std::size_t threads, std::size_t per_host, std::shared_ptr<conn_limiter> g,
+       upstream_options o)
+      : url(std::move(u)), opts(o), host_limit(per_host), global_limit(std::move(g)), idle(threads) {}
+
+  void on_closed() {
+    open.fetch_sub(1, std::memory_order_relaxed);
+    host_limit.release();
+    global_limit->release();
+  }
+};
+
+namespace detail {
+
+struct pooled_conn {
+  pooled_conn(const net::any_io_executor& ex, upstream_host::impl& h) : stream(ex), host(h) {
+    host.open.fetch_add(1, std::memory_order_relaxed);
+  }
+  ~pooled_conn() {
+    error_code ignored;
+    stream.socket().close(ignored);
+    host.on_closed();
+  }
+  beast::tcp_stream stream;
+  beast::flat_buffer buffer;
+  clock_type::time_point idle_since;
+  upstream_host::impl& host;
+};
+
+}  // namespace detail
+
+namespace {
+
+// True if a pooled connection still looks usable: no EOF, no stray bytes, no error pending.
+bool looks_alive(pooled_conn& c) {
+  if (c.buffer.size() != 0) return false;
+  char byte;
+  ssize_t n = ::recv(c.stream.socket().native_handle(), &byte, 1, MSG_PEEK | MSG_DONTWAIT);
+  return n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK);
+}
+
+}  // namespace
+
+upstream_host::upstream_host(worker_url url, std::size_t threads, std::size_t per_host_limit,
+                             std::shared_ptr<conn_limiter> global_limit, upstream_options opts)
+    : impl_(std::make_unique<impl>(std::move(url), threads, per_host_limit, std::move(global_limit),
+                                   opts)) {}
+
+upstream_host::~upstream_host() = default;
+
+const worker_url& upstream_host::url() const { return impl_->url; }
+
+std::size_t upstream_host::open_connections() const { return impl_->open.load(); }
+
+void upstream_host::close_idle(std::size_t thread) { impl_->idle.at(thread).clear(); }
+
+// ---------------------------------------------------------------------------------------------
+// upstream_call
+
+struct upstream_call::impl {
+  upstream_host::impl& host;
+  std::size_t thread;
+  std::unique_ptr<pooled_conn> conn;
+  std::optional<http::response_parser<http::buffer_body>> parser;
+  bool body_done = false;
+  std::string content_type;
+
+  impl(upstream_host::impl& h, std::size_t t) : host(h), thread(t) {}
+
+  std::unique_ptr<pooled_conn> take_idle() {
+    auto& list = host.idle[thread];
+    auto now = clock_type::now();
+    while (!list.empty()) {
+      std::unique_ptr<pooled_conn> c = std::move(list.back());
+      list.pop_back();
+      if (now - c->idle_since < host.opts.idle_timeout && looks_alive(*c)) return c;
+      // Dropping it closes the socket and frees its slots.
+    }
+    return nullptr;
+  }
+
+  net::awaitable<error_code> resolve(std::vector<tcp::endpoint>& out) {
+    {
+      std::lock_guard lock(host.resolve_mutex);
+      out = host.endpoints;
+    }
+    if (!out.empty()) co_return error_code{};
+    tcp::resolver resolver(co_await net::this_coro::executor);
+    auto [ec, results] = co_await resolver.async_resolve(
+        host.url.host, std::to_string(host.url.port), tcp::resolver::numeric_service, tuple_awaitable);
+    if (ec) co_return ec;
+    for (const auto& r : results) out.push_back(r.endpoint());
+    std::lock_guard lock(host.resolve_mutex);
+    host.endpoints = out;
+    co_return error_code{};
+  }
+
+  // A new connection within the connector limits.
+  net::awaitable<error_code> connect(phase& where) {
+    where = phase::acquire;
+    auto deadline = clock_type::now() + host.opts.response_timeout;
+    if (!co_await host.host_limit.acquire(deadline)) co_return upstream_errc::pool_exhausted;
+    if (!co_await host.global_limit->acquire(deadline)) {
+      host.host_limit.release();
+      co_return upstream_errc::pool_exhausted;
+    }
+    // From here the slots belong to the connection object and are freed with it.
+    conn = std::make_unique<pooled_conn>(co_await net::this_coro::executor, host);
+    where = phase::connect;
+    std::vector<tcp::endpoint> endpoints;
+    if (auto ec = co_await resolve(endpoints)) co_return ec;
+    conn->stream.expires_after(host.opts.connect_timeout);
+    auto [ec, ep] = co_await conn->stream.async_connect(endpoints, tuple_awaitable);
+    if (ec) {
+      // Forget the cached address: the worker may have moved.
+      std::lock_guard lock(host.resolve_mutex);
+      host.endpoints.clear();
+      co_return ec;
+    }
+    error_code ignored;
+    conn->stream.socket().set_option(tcp::no_delay(true), ignored);
+    co_return error_code{};
+  }
+};
+
+upstream_call::upstream_call(upstream_host& host, std::size_t thread)
+    : impl_(std::make_unique<impl>(host.get_impl(), thread)) {}
+
+upstream_call::~upstream_call() = default;
+
+std::string_view upstream_call::phase_name(phase p) {
+  switch (p) {
+    case phase::idle: return "before start";
+    case phase::acquire: return "waiting for a connection slot";
+    case phase::connect: return "connecting";
+    case phase::send: return "sending the request";
+    case phase::header: return "waiting for the response";
+    case phase::body: return "reading the response";
+    case phase::done: return "done";
+  }
+  return "?";
+}
+
+net::awaitable<error_code> upstream_call::start(std::string_view method, std::string_view path,
+                                                std::string_view body) {
+  auto& h = impl_->host;
+  std::string head;
+  head.reserve(160 + h.url.path_prefix.size() + path.size() + h.url.host_header.size());
+  head.append(method);
+  head.push_back(' ');
+  head += h.url.path_prefix;
+  head.append(path);
+  head += " HTTP/1.1\r\nHost: ";
+  head += h.url.host_header;
+  head += "\r\nAccept: */*\r\n";
+  if (method != "GET" || !body.empty()) {
+    head += "Content-Type: application/json\r\nContent-Length: ";
+    head += std::to_string(body.size());
+    head += "\r\n";
+  }
+  head += "\r\n";
+
+  for (int attempt = 0;; ++attempt) {
+    impl_->conn = impl_->take_idle();
+    bool reused = impl_->conn != nullptr;
+    if (!reused) {
+      if (auto ec = co_await impl_->connect(phase_)) {
+        impl_->conn.reset();
+        co_return ec;
+      }
+    }
+    auto& c = *impl_->conn;
+    phase_ = phase::send;
+    c.stream.expires_after(h.opts.response_timeout);
+    std::array<net::const_buffer, 2> bufs{net::buffer(head), net::buffer(body.data(), body.size())};
+    auto [wec, wn] = co_await net::async_write(c.stream, bufs, tuple_awaitable);
+    if (wec) {
+      impl_->conn.reset();
+      if (reused && attempt == 0 && wec != beast::error::timeout &&
+          wec != net::error::operation_aborted)
+        continue;  // the worker closed this idle connection: try a fresh one
+      co_return wec;
+    }
+    phase_ = phase::header;
+    impl_->parser.emplace();
+    impl_->parser->header_limit(h.opts.header_limit);
+    impl_->parser->body_limit(boost::none);
+    c.stream.expires_after(h.opts.response_timeout);
+    auto [rec, rn] = co_await http::async_read_header(c.stream, c.buffer, *impl_->parser, tuple_awaitable);
+    if (rec) {
+      bool nothing_came = !impl_->parser->got_some() && c.buffer.size() == 0;
+      impl_->conn.reset();
+      impl_->parser.reset();
+      if (reused && attempt == 0 && nothing_came &&
+          (rec == http::error::end_of_stream || rec == net::error::eof ||
+           rec == net::error::connection_reset || rec == net::error::broken_pipe))
+        continue;  // closed while idle, before our request was read
+      if (rec.category() == http::make_error_code(http::error::bad_target).category() &&
+          rec != http::error::end_of_stream && rec != http::error::partial_message)
+        co_return upstream_errc::bad_response;
+      co_return rec;
+    }
+    phase_ = phase::body;
+    impl_->body_done = impl_->parser->is_done();
+    impl_->content_type = std::string(impl_->parser->get()[http::field::content_type]);
+    co_return error_code{};
+  }
+}
+
+unsigned upstream_call::status() const {
+  return impl_->parser ? impl_->parser->get().result_int() : 0;
+}
+
+std::string_view upstream_call::content_type() const { return impl_->content_type; }
+
+net::awaitable<error_code> upstream_call::read_some(char* buf, std::size_t cap, std::size_t& n,
+                                                    bool& done) {
+  n = 0;
+  done = impl_->body_done;
+  if (done) co_return error_code{};
+  if (!impl_->conn || !impl_->parser) co_return net::error::not_connected;
+  auto& c = *impl_->conn;
+  auto& p = *impl_->parser;
+  for (;;) {
+    p.get().body().data = buf;
+    p.get().body().size = cap;
+    c.stream.expires_after(impl_->host.opts.response_timeout);
+    auto [ec, bytes] = co_await http::async_read_some(c.stream, c.buffer, p, tuple_awaitable);
+    n = cap - p.get().body().size;
+    if (ec == http::error::need_buffer) ec = {};
+    if (ec) {
+      impl_->conn.reset();
+      co_return ec;
+    }
+    if (p.is_done()) {
+      impl_->body_done = done = true;
+      phase_ = phase::done;
+      co_return error_code{};
+    }
+    if (n > 0) co_return error_code{};
+  }
+}
+
+net::awaitable<error_code> upstream_call::read_all(std::string& out, std::size_t limit) {
+  if (impl_->parser) {
+    if (auto len = impl_->parser->content_length(); len && *len <= limit) out.reserve(out.size() + *len);
+  }
+  std::array<char, 16384> chunk;
+  for (;;) {
+    std::size_t n = 0;
+    bool done = false;
+    if (auto ec = co_await read_some(chunk.data(), chunk.size(), n, done)) co_return ec;
+    if (out.size() + n > limit) {
+      abort();
+      co_return upstream_errc::response_too_large;
+    }
+    out.append(chunk.data(), n);
+    if (done) co_return error_code{};
+  }
+}
+
+void upstream_call::release() {
+  auto& i = *impl_;
+  if (i.conn && i.parser && i.body_done && i.parser->keep_alive() && i.conn->buffer.size() == 0) {
+    i.conn->idle_since = clock_type::now();
+    i.conn->stream.expires_never();  // idle: liveness is checked when it is taken again
+    auto& list = i.host.idle[i.thread];
+    // Somebody waits for a slot: free ours instead of parking an idle connection.
+    if (i.host.host_limit.has_waiters() || i.host.global_limit->has_waiters()) {
+      i.conn.reset();
+    } else {
+      list.push_back(std::move(i.conn));
+    }
+  }
+  i.conn.reset();
+  i.parser.reset();
+}
+
+void upstream_call::abort() {
+  impl_->conn.reset();
+  impl_->parser.reset();
+}
+
+}  // namespace pdlb
