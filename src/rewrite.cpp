@@ -17,7 +17,7 @@ bool read_flag(std::string_view body, const std::vector<json_member>& members, s
   const json_member* m = find_member(members, key);
   if (!m || m->type == json_type::null_) return true;
   if (m->type != json_type::boolean) {
-    error = "\"" + std::string(key) + "\" must be a boolean";
+    error.assign(1, '"').append(key).append("\" must be a boolean");
     return false;
   }
   value = body[m->value_begin] == 't';

@@ -1,3 +1,8 @@
+// GCC 12 reports false -Wrestrict overlaps for `"literal" + std::string` (GCC bug 105329).
+#if defined(__GNUC__) && !defined(__clang__)
+#pragma GCC diagnostic ignored "-Wrestrict"
+#endif
+
 #include "pdlb/logprob_merge.hpp"
 
 #include <gtest/gtest.h>
