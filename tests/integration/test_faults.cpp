@@ -1,0 +1,194 @@
+// Faults where minilb is wrong: pdlb answers with a clear error, cancels the other leg at once,
+// never hangs past --timeout, and keeps serving.
+#include "integration/cluster.hpp"
+
+#include <gmock/gmock.h>
+
+#include <chrono>
+
+namespace pdlb::test {
+namespace {
+
+using ::testing::HasSubstr;
+using ::testing::Not;
+using namespace std::chrono_literals;
+
+json small_request(bool stream = false, int tokens = 4) {
+  return {{"text", "fault test"}, {"stream", stream}, {"sampling_params", {{"max_new_tokens", tokens}}}};
+}
+
+// After a fault: the decode worker holds nothing, and pdlb still serves a normal request.
+void expect_clean_and_serving(cluster& c) {
+  for (auto& d : c.decode) EXPECT_TRUE(sim_wait(*d, "active=0", 10s)) << d->stats().dump();
+  for (auto& p : c.prefill) EXPECT_TRUE(sim_wait(*p, "active=0", 10s)) << p->stats().dump();
+  auto ok = c.post("/generate", small_request());
+  EXPECT_EQ(ok.status, 200u) << ok.body;
+}
+
+TEST(Faults, PrefillErrorStatusReachesClientAndCancelsDecode) {
+  auto c = cluster::start(1, 1);
+  post_json(*c->prefill[0], "/sim/fault", {{"fail_status", 503}, {"count", 1}});
+  auto start = std::chrono::steady_clock::now();
+  auto r = c->post("/generate", small_request());
+  EXPECT_EQ(r.status, 503u) << r.body;
+  EXPECT_TRUE(is_error_body(r.body)) << r.body;
+  EXPECT_THAT(r.body, HasSubstr("prefill"));
+  EXPECT_LT(std::chrono::steady_clock::now() - start, 5s);
+  // The decode leg was waiting for the KV cache; pdlb closed it, so the sim counts it aborted.
+  EXPECT_TRUE(sim_wait(*c->decode[0], "min_aborted=1&active=0", 10s)) << c->decode[0]->stats().dump();
+  expect_clean_and_serving(*c);
+}
+
+TEST(Faults, PrefillRefusingConnectionsGives502AndCancelsDecode) {
+  auto c = cluster::start(1, 1);
+  post_json(*c->prefill[0], "/sim/fault", {{"refuse_connections", true}});
+  auto r = c->post("/generate", small_request());
+  EXPECT_EQ(r.status, 502u) << r.body;
+  EXPECT_TRUE(is_error_body(r.body)) << r.body;
+  EXPECT_TRUE(sim_wait(*c->decode[0], "active=0", 10s)) << c->decode[0]->stats().dump();
+}
+
+TEST(Faults, PrefillDroppingTheConnectionGives502) {
+  auto c = cluster::start(1, 1);
+  post_json(*c->prefill[0], "/sim/fault", {{"drop_connection", true}, {"count", 1}});
+  auto r = c->post("/generate", small_request());
+  EXPECT_EQ(r.status, 502u) << r.body;
+  EXPECT_TRUE(is_error_body(r.body));
+  expect_clean_and_serving(*c);
+}
+
+TEST(Faults, StalledPrefillTimesOutWith504AfterTimeout) {
+  auto c = cluster::start(1, 1, {"--timeout", "1"});
+  post_json(*c->prefill[0], "/sim/fault", {{"stall", true}, {"count", 1}});
+  auto start = std::chrono::steady_clock::now();
+  auto r = c->post("/generate", small_request());
+  auto took = std::chrono::steady_clock::now() - start;
+  EXPECT_EQ(r.status, 504u) << r.body;
+  EXPECT_TRUE(is_error_body(r.body));
+  EXPECT_GE(took, 900ms);
+  EXPECT_LT(took, 5s);
+  expect_clean_and_serving(*c);
+}
+
+TEST(Faults, PrefillFailingBeforeStreamHeadersGivesAnErrorStatus) {
+  auto c = cluster::start(1, 1);
+  post_json(*c->prefill[0], "/sim/fault", {{"fail_status", 500}, {"count", 1}});
+  // Slow decode so its stream has not produced headers... the sim sends headers at once, so the
+  // client may see either an error status or a stream that carries the error event.
+  auto r = c->post("/generate", small_request(true));
+  if (r.status == 200) {
+    auto events = sse_data(r.body);
+    ASSERT_FALSE(events.empty());
+    EXPECT_TRUE(is_error_body(events.back())) << r.body;
+    EXPECT_THAT(r.body, Not(HasSubstr("[DONE]")));
+  } else {
+    EXPECT_EQ(r.status, 500u);
+    EXPECT_TRUE(is_error_body(r.body)) << r.body;
+  }
+  EXPECT_TRUE(sim_wait(*c->decode[0], "min_aborted=1&active=0", 10s)) << c->decode[0]->stats().dump();
+  expect_clean_and_serving(*c);
+}
+
+TEST(Faults, DecodeDyingMidStreamEndsWithErrorEventAndNoDone) {
+  auto c = cluster::start(1, 1);
+  post_json(*c->decode[0], "/sim/fault", {{"die_after_tokens", 3}, {"count", 1}});
+  auto r = c->post("/generate", small_request(true, 10));
+  ASSERT_EQ(r.status, 200u) << r.body;
+  auto events = sse_data(r.body);
+  ASSERT_GE(events.size(), 2u) << r.body;
+  EXPECT_TRUE(is_error_body(events.back())) << r.body;
+  EXPECT_THAT(r.body, Not(HasSubstr("[DONE]")));
+  // Token events before the error made it through.
+  EXPECT_TRUE(parse_json(events[0]).contains("text"));
+  expect_clean_and_serving(*c);
+}
+
+TEST(Faults, DecodeErrorStatusIsRelayedAsIs) {
+  auto c = cluster::start(1, 1);
+  post_json(*c->decode[0], "/sim/fault", {{"fail_status", 429}, {"count", 1}});
+  auto r = c->post("/generate", small_request());
+  EXPECT_EQ(r.status, 429u) << r.body;
+  expect_clean_and_serving(*c);
+}
+
+TEST(Faults, ClientLeavingAStreamCancelsBothLegs) {
+  auto c = cluster::start(1, 1);
+  post_json(*c->decode[0], "/slow_down", {{"forward_sleep_time", 0.05}});
+  {
+    http_connection conn(c->port());
+    conn.send("POST", "/generate", small_request(true, 100000).dump());
+    auto head = conn.read_header();
+    ASSERT_EQ(head.status, 200u);
+    auto first = conn.read_body_some();
+    ASSERT_TRUE(first.has_value());
+    EXPECT_TRUE(sim_wait(*c->decode[0], "running=1", 10s));
+    conn.close();
+  }
+  EXPECT_TRUE(sim_wait(*c->decode[0], "min_aborted=1&active=0", 10s)) << c->decode[0]->stats().dump();
+  post_json(*c->decode[0], "/slow_down", {{"forward_sleep_time", nullptr}});
+  expect_clean_and_serving(*c);
+}
+
+TEST(Faults, ClientLeavingANonStreamRequestCancelsBothLegs) {
+  auto c = cluster::start(1, 1);
+  post_json(*c->decode[0], "/slow_down", {{"forward_sleep_time", 0.05}});
+  {
+    http_connection conn(c->port());
+    conn.send("POST", "/generate", small_request(false, 100000).dump());
+    EXPECT_TRUE(sim_wait(*c->decode[0], "running=1", 10s));
+    conn.reset();
+  }
+  EXPECT_TRUE(sim_wait(*c->decode[0], "min_aborted=1&active=0", 10s)) << c->decode[0]->stats().dump();
+  post_json(*c->decode[0], "/slow_down", {{"forward_sleep_time", nullptr}});
+  expect_clean_and_serving(*c);
+}
+
+TEST(Faults, TimeoutBetweenStreamEventsEndsTheStreamWithAnError) {
+  auto c = cluster::start(1, 1, {"--timeout", "1"});
+  post_json(*c->decode[0], "/slow_down", {{"forward_sleep_time", 3}});
+  auto start = std::chrono::steady_clock::now();
+  auto r = c->post("/generate", small_request(true, 5));
+  auto took = std::chrono::steady_clock::now() - start;
+  EXPECT_LT(took, 6s);
+  if (r.status == 200) {
+    auto events = sse_data(r.body);
+    ASSERT_FALSE(events.empty()) << r.body;
+    EXPECT_TRUE(is_error_body(events.back())) << r.body;
+    EXPECT_THAT(r.body, Not(HasSubstr("[DONE]")));
+  } else {
+    EXPECT_EQ(r.status, 504u) << r.body;
+  }
+  post_json(*c->decode[0], "/slow_down", {{"forward_sleep_time", nullptr}});
+  expect_clean_and_serving(*c);
+}
+
+TEST(Faults, HealthyStreamLongerThanTimeoutIsNotCut) {
+  // Events every 0.3 s for about 3 s with --timeout 1: the timeout is between events, not total.
+  auto c = cluster::start(1, 1, {"--timeout", "1"});
+  post_json(*c->decode[0], "/slow_down", {{"forward_sleep_time", 0.3}});
+  auto r = c->post("/generate", small_request(true, 10));
+  ASSERT_EQ(r.status, 200u) << r.body;
+  auto events = sse_data(r.body);
+  ASSERT_FALSE(events.empty());
+  EXPECT_EQ(events.back(), "[DONE]") << r.body;
+}
+
+TEST(Faults, WorkerRestartWithIdlePooledConnectionsDoesNotFailRequests) {
+  auto c = cluster::start(1, 1);
+  // Fill the pool with a few idle connections to the decode worker.
+  for (int i = 0; i < 3; ++i) ASSERT_EQ(c->post("/generate", small_request()).status, 200u);
+  // Restart the decode worker on the same port: the pooled connections are now dead.
+  auto port = c->decode[0]->port();
+  c->decode[0].reset();
+  auto args = fast_sim_args();
+  args.push_back("--port");
+  args.push_back(std::to_string(port));
+  c->decode[0] = sim_worker::start("decode", args);
+  for (int i = 0; i < 5; ++i) {
+    auto r = c->post("/generate", small_request());
+    EXPECT_EQ(r.status, 200u) << i << " " << r.body;
+  }
+}
+
+}  // namespace
+}  // namespace pdlb::test
