@@ -69,6 +69,7 @@ void print_text(const bench_result& r, const std::string& label) {
   line("Request throughput (req/s):", static_cast<double>(r.ok) / dur);
   line("Output token throughput (tok/s):", static_cast<double>(r.output_tokens) / dur);
   line("Response bytes throughput (MB/s):", static_cast<double>(r.bytes) / dur / 1e6);
+  count("Peak requests in flight:", r.peak_in_flight);
   auto block = [&](const char* title, const char* name, const std::vector<float>& v) {
     auto s = summarize(v);
     std::printf("%s\n", title);
@@ -83,6 +84,8 @@ void print_text(const bench_result& r, const std::string& label) {
   block("----------------End-to-end Latency----------------", "E2E", r.e2e);
   if (!r.lag.empty())
     block("---Event delay (arrival - worker e2e_latency)-----", "delay", r.lag);
+  if (!r.jitter.empty())
+    block("------Event jitter (delay - first event's)-------", "jitter", r.jitter);
   if (!r.errors.empty()) {
     std::printf("---------------------Errors-----------------------\n");
     for (const auto& [why, n] : r.errors) std::printf("%8llu  %s\n", static_cast<unsigned long long>(n), why.c_str());
@@ -101,6 +104,7 @@ nlohmann::json to_json(const bench_result& r, const std::string& label) {
   j["output_tokens"] = r.output_tokens;
   j["events"] = r.events;
   j["bytes"] = r.bytes;
+  j["peak_in_flight"] = r.peak_in_flight;
   j["request_throughput"] = static_cast<double>(r.ok) / dur;
   j["output_throughput"] = static_cast<double>(r.output_tokens) / dur;
   auto put = [&](const char* name, const std::vector<float>& v) {
@@ -118,6 +122,7 @@ nlohmann::json to_json(const bench_result& r, const std::string& label) {
   put("itl", r.itl);
   put("e2e", r.e2e);
   put("delay", r.lag);
+  put("jitter", r.jitter);
   j["errors"] = nlohmann::json::object();
   for (const auto& [why, n] : r.errors) j["errors"][why] = n;
   return j;

@@ -132,6 +132,8 @@ struct shared_state {
   clock_type::time_point start{}, deadline = clock_type::time_point::max();
   std::atomic<std::uint64_t> issued{0};
   std::atomic<std::int64_t> active{0};
+  std::atomic<std::uint64_t> in_flight{0};
+  std::atomic<std::uint64_t> peak_in_flight{0};
   std::vector<std::unique_ptr<lane>> lanes;
   std::vector<std::optional<net::executor_work_guard<net::io_context::executor_type>>> guards;
   std::atomic<bool> printed_error_header{false};
@@ -293,7 +295,15 @@ struct main_sink final : sink {
     }
     if (info.completion_tokens) completion_tokens = info.completion_tokens;
     check_logprobs(info);
-    if (info.e2e_latency) lag.push_back(static_cast<float>(ms_between(t_send, now) - *info.e2e_latency * 1000.0));
+    if (info.e2e_latency) {
+      double d = ms_between(t_send, now) - *info.e2e_latency * 1000.0;
+      if (lag.empty()) {
+        first_lag = d;
+      } else {
+        jitter.push_back(static_cast<float>(d - first_lag));
+      }
+      lag.push_back(static_cast<float>(d));
+    }
     if (!info.token) return;
     ++token_events;
     if (!first_token) {
@@ -369,7 +379,8 @@ struct main_sink final : sink {
   std::optional<std::uint64_t> completion_tokens;
   std::optional<clock_type::time_point> first_token;
   clock_type::time_point last_token{};
-  std::vector<float> itl, lag;
+  std::vector<float> itl, lag, jitter;
+  double first_lag = 0;
 };
 
 // The prefill leg of direct PD: only its status and completeness matter.
@@ -397,6 +408,10 @@ void record_failure(lane& ln, shared_state& st, const std::string& why) {
 net::awaitable<void> run_one(lane& ln, shared_state& st) {
   using namespace net::experimental::awaitable_operators;
   const auto& opts = st.opts;
+  auto now_in_flight = st.in_flight.fetch_add(1, std::memory_order_relaxed) + 1;
+  for (auto peak = st.peak_in_flight.load(std::memory_order_relaxed);
+       now_in_flight > peak && !st.peak_in_flight.compare_exchange_weak(peak, now_in_flight);) {
+  }
   try {
     auto t_send = clock_type::now();
     main_sink out(opts, t_send);
@@ -441,10 +456,12 @@ net::awaitable<void> run_one(lane& ln, shared_state& st) {
       if (out.tokens > 1) r.tpot.push_back(static_cast<float>((e2e - ttft) / static_cast<double>(out.tokens - 1)));
       r.itl.insert(r.itl.end(), out.itl.begin(), out.itl.end());
       r.lag.insert(r.lag.end(), out.lag.begin(), out.lag.end());
+      r.jitter.insert(r.jitter.end(), out.jitter.begin(), out.jitter.end());
     }
   } catch (const std::exception& e) {
     record_failure(ln, st, std::string("exception: ") + e.what());
   }
+  st.in_flight.fetch_sub(1, std::memory_order_relaxed);
 }
 
 net::awaitable<void> closed_loop_worker(lane& ln, shared_state& st) {
@@ -633,9 +650,11 @@ bench_result run_bench(const bench_options& opts) {
     append(total.tpot, r.tpot);
     append(total.e2e, r.e2e);
     append(total.lag, r.lag);
+    append(total.jitter, r.jitter);
     end = std::max(end, ln->last_end);
   }
   total.duration_s = std::chrono::duration<double>(end - st.start).count();
+  total.peak_in_flight = st.peak_in_flight.load();
   return total;
 }
 

@@ -56,10 +56,14 @@ struct bench_result {
   std::uint64_t output_tokens = 0;  ///< Sum over successful requests.
   std::uint64_t events = 0;         ///< Stream events received (successful requests).
   std::uint64_t bytes = 0;          ///< Response body bytes received (all requests).
+  std::uint64_t peak_in_flight = 0;  ///< Most requests in flight at once.
   std::vector<float> ttft, itl, tpot, e2e;
   /// Event delivery delay: arrival time minus the worker's e2e_latency when it made the event
   /// (includes the request's trip to the worker; compare contenders, not absolute values).
   std::vector<float> lag;
+  /// Event jitter: each event's delay minus the first event's delay of the same stream, i.e. how much
+  /// later than the worker's own spacing it arrived (no request trip in it).
+  std::vector<float> jitter;
 };
 
 /// The request body the bench sends (without the bootstrap fields of direct PD).
