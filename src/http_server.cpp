@@ -4,6 +4,7 @@
 
 #include <boost/asio/as_tuple.hpp>
 #include <boost/asio/co_spawn.hpp>
+#include <boost/asio/dispatch.hpp>
 #include <boost/asio/executor_work_guard.hpp>
 #include <boost/asio/experimental/awaitable_operators.hpp>
 #include <boost/asio/ip/tcp.hpp>
@@ -551,7 +552,8 @@ void http_server::release() {
 }
 
 void http_server::stop_accepting() {
-  net::post(*impl_->contexts[0], [this] {
+  // dispatch: when called on thread 0 the listener is closed before this returns.
+  net::dispatch(*impl_->contexts[0], [this] {
     if (!impl_->acceptor || !impl_->acceptor->is_open()) return;
     error_code ignored;
     impl_->acceptor->close(ignored);
@@ -559,7 +561,7 @@ void http_server::stop_accepting() {
 }
 
 void http_server::resume_accepting() {
-  net::post(*impl_->contexts[0], [this] {
+  net::dispatch(*impl_->contexts[0], [this] {
     if (impl_->stopping || !impl_->acceptor || impl_->acceptor->is_open()) return;
     // The same acceptor object is reused: the old accept loop may still hold a completion for it
     // (operation_aborted), so it must not be destroyed here.

@@ -131,10 +131,10 @@ class http_server {
   void release();
 
   /// Closes the listening socket so new connections are refused; open connections stay. Callable
-  /// from any thread.
+  /// from any thread; done before returning when called on thread 0.
   void stop_accepting();
-  /// Listens again on the same port after stop_accepting(). Callable from any thread. Errors are
-  /// logged (the port may have been taken meanwhile).
+  /// Listens again on the same port after stop_accepting(). Callable from any thread; done before
+  /// returning when called on thread 0. Errors are logged (the port may have been taken meanwhile).
   void resume_accepting();
 
   /// Number of requests being handled right now (all threads).

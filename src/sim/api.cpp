@@ -981,9 +981,10 @@ net::awaitable<void> api::impl::handle_fault(exchange& ex) {
   }
   faults = f;
   spdlog::info("fault set: {}", ex.req().body().empty() ? "{}" : ex.req().body());
-  // Answer before closing the listener: this response goes over an accepted connection anyway.
-  co_await ex.respond(http::status::ok, "{\"success\":true}");
+  // The listener changes before the answer, so a client that got the answer sees the new state;
+  // this answer goes over a connection that is already accepted.
   apply_refuse();
+  co_await ex.respond(http::status::ok, "{\"success\":true}");
 }
 
 std::string api::impl::server_info() {

@@ -345,6 +345,8 @@ net::awaitable<void> engine::decode_loop() {
       consecutive = false;  // a slowed step measures the sleep, not the model
     }
     if (running_n_ == 0) continue;
+    // Like SGLang, the line describes the batch about to run, every decode_log_interval steps.
+    if (++steps_since_log_ >= std::max(1u, opts_.decode_log_interval)) log_decode(false);
     const double model_ms =
         opts_.step_base_ms + opts_.step_per_req_ms * static_cast<double>(running_n_);
     // Steps are scheduled back to back from the previous one, so time spent writing tokens to
@@ -401,7 +403,6 @@ net::awaitable<void> engine::decode_loop() {
     std::erase_if(running_, [](const request_ptr& r) { return r->ph != phase::running; });
     ++steps_;
     ++interval_steps_;
-    if (++steps_since_log_ >= std::max(1u, opts_.decode_log_interval)) log_decode(false);
   }
 }
 
@@ -564,6 +565,7 @@ net::awaitable<void> engine::bootstrap_session(tcp::socket socket) {
       co_return;
     }
     ++bootstrap_requests_;
+    changed();
     if (!room_is_done(room)) {
       wake_signal sig(ex);
       sig.timer.expires_after(wait_limit);

@@ -42,6 +42,8 @@ int main(int argc, char** argv) {
   std::optional<std::uint64_t> fault_count;
 
   CLI::App app{"pdlb-sim: a simulated SGLang prefill/decode (PD disaggregation) worker"};
+  // Later flags win, so a test fixture's defaults can be overridden by appending flags.
+  app.option_defaults()->multi_option_policy(CLI::MultiOptionPolicy::TakeLast);
   app.set_version_flag("--version", std::string("pdlb-sim ") + PDLB_VERSION);
   app.add_option("--role", role, "Worker role")
       ->required()
