@@ -138,12 +138,12 @@ __attribute__((always_inline)) inline bool check_integer_block(const block_masks
 std::size_t scan_integer_run_generic(const char*& p, const char* end) { PDLB_INTEGER_RUN_BODY(classify64_sse2) }
 
 #if defined(PDLB_HAVE_AVX2_PATH)
-__attribute__((target("avx2,popcnt,lzcnt"))) std::size_t scan_integer_run_avx2(const char*& p, const char* end) {
+__attribute__((target("avx2,popcnt"))) std::size_t scan_integer_run_avx2(const char*& p, const char* end) {
   PDLB_INTEGER_RUN_BODY(classify64_avx2)
 }
 const bool cpu_has_avx2 = [] {
   __builtin_cpu_init();
-  return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("popcnt") && __builtin_cpu_supports("lzcnt");
+  return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("popcnt");
 }();
 #endif
 #undef PDLB_INTEGER_RUN_BODY

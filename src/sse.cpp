@@ -107,8 +107,11 @@ std::size_t complete_prefix_length(std::string_view buffered, std::size_t search
     if (c == '\r' && i + 1 < buffered.size() && data[i + 1] == '\n') continue;
     const std::size_t token_begin = (c == '\n' && i > 0 && data[i - 1] == '\r') ? i - 1 : i;
     if (token_begin != 0 && !is_line_end(data[token_begin - 1])) continue;
-    // Like sse_splitter, a final "\r\n\r" waits for its LF.
-    if (c == '\r' && i + 1 == buffered.size() && crlf_before(data, 0, i)) continue;
+    // Like sse_splitter, a final "\r\n\r" waits for its LF, unless that CRLF was itself a blank
+    // line (it follows a line end or the start), which makes the CR the start of a new event.
+    if (c == '\r' && i + 1 == buffered.size() && crlf_before(data, 0, i) && i >= 3 && !is_line_end(data[i - 3])) {
+      continue;
+    }
     return i + 1;
   }
   return 0;

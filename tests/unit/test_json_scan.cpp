@@ -61,7 +61,7 @@ TEST(JsonScan, RejectsInvalidDocuments) {
       R"({"a":1,})", R"({,"a":1})", R"({"a":1 "b":2})", "01", "-01", "00", "-", "1.", ".5", "1e", "1e+", "+1",
       "NaN", "Infinity", "-Infinity", "tru", "nul", "truex", "True", R"("abc)", R"("\x")", R"("\u12")",
       R"("\u12G4")", "\"a\tb\"", std::string("\"\x01\""), std::string("\"a\0b\"", 5), "1 2", "[1]x", "{}{}",
-      "'a'", "[1]]", "{\"a\":1}}", "/*c*/1", "\xEF\xBB\xBF{}",
+      "'a'", "[1]]", std::string("1\0", 2), std::string("[1,\0 2]", 7), "{\"a\":1}}", "/*c*/1", "\xEF\xBB\xBF{}",
       // Invalid UTF-8 inside strings: overlong, surrogate, above U+10FFFF, stray continuation,
       // truncated sequences, bytes that never occur.
       "\"\xC0\xAF\"", "\"\xC1\xBF\"", "\"\xE0\x80\xAF\"", "\"\xED\xA0\x80\"", "\"\xF4\x90\x80\x80\"", "\"\x80\"",

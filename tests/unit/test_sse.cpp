@@ -117,6 +117,8 @@ TEST(Sse, CompletePrefixEndsAtTheLastTerminator) {
   // A CRLF stream's final CR waits for its LF, which is nearly always in the next read.
   EXPECT_EQ(pdlb::complete_prefix_length("data: 1\r\n\r"), 0u);
   EXPECT_EQ(pdlb::complete_prefix_length("data: 1\r\n\r\n"), 11u);
+  // But after a blank CRLF line the CR is a blank line of its own, complete at once.
+  EXPECT_EQ(pdlb::complete_prefix_length("data: 1\r\n\r\n\r"), 12u);
 }
 
 TEST(Sse, CompletePrefixAgreesWithTheSplitter) {
