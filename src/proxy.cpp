@@ -95,10 +95,17 @@ struct worker_lease {
     w_.in_flight.fetch_add(1, std::memory_order_relaxed);
     w_.requests.fetch_add(1, std::memory_order_relaxed);
   }
-  ~worker_lease() { w_.in_flight.fetch_sub(1, std::memory_order_relaxed); }
+  ~worker_lease() { release(); }
+  // Ends the lease as soon as the worker's part is over, before the client is answered: the next
+  // request of a fast client must already see the worker's true load.
+  void release() {
+    if (held_) w_.in_flight.fetch_sub(1, std::memory_order_relaxed);
+    held_ = false;
+  }
   worker_lease(const worker_lease&) = delete;
   worker_lease& operator=(const worker_lease&) = delete;
   worker& w_;
+  bool held_ = true;
 };
 
 struct fan_result {
@@ -423,6 +430,8 @@ net::awaitable<void> load_balancer::handle_pd(exchange& ex, std::string_view pat
       spdlog::warn("request failed: {}", failure->message);
       co_return co_await fail(failure->status, failure->message);
     }
+    p_lease.release();
+    d_lease.release();
     if (decode_status >= 400) counters_.errors.fetch_add(1, std::memory_order_relaxed);
     if (want_logprobs && is_2xx(decode_status)) {
       if (auto merged = merge_input_logprobs(decode_body, prefill_lp)) decode_body = std::move(*merged);
@@ -466,6 +475,7 @@ net::awaitable<void> load_balancer::handle_pd(exchange& ex, std::string_view pat
       if (done) break;
     }
     call.release();
+    p_lease.release();
     prefill_ready.set();
     co_return 0;
   };
@@ -530,6 +540,7 @@ net::awaitable<void> load_balancer::handle_pd(exchange& ex, std::string_view pat
       if (done) break;
     }
     call.release();
+    d_lease.release();
     if (auto ec = co_await ex.end_stream()) throw boost::system::system_error(net::error::operation_aborted);
     co_return true;
   };

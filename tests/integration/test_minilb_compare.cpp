@@ -80,7 +80,7 @@ class MinilbCompare : public ::testing::Test {
     minilb_ = new child_process({script_, "--host", "127.0.0.1", "--port", std::to_string(port), "--prefill",
                                  c_->prefill[0]->url(), "--prefill-bootstrap-ports",
                                  std::to_string(c_->prefill[0]->bootstrap_port()), "--decode", c_->decode[0]->url()});
-    if (minilb_->wait_for_line(std::regex("Uvicorn running on|Application startup complete"), 120s))
+    if (minilb_->wait_for_line(std::regex("Uvicorn running on"), 120s))
       minilb_port_ = port;
   }
   static void TearDownTestSuite() {
