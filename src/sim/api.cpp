@@ -52,8 +52,8 @@ std::string_view reason_phrase(unsigned status) {
 
 void append_double(std::string& out, double v) {
   char buf[32];
-  auto n = std::snprintf(buf, sizeof buf, "%.6f", v);
-  out.append(buf, static_cast<std::size_t>(n));
+  auto res = std::to_chars(buf, buf + sizeof buf, v, std::chars_format::fixed, 6);
+  out.append(buf, res.ptr);
 }
 
 std::string query_of(std::string_view target) {
@@ -467,9 +467,10 @@ std::string api::impl::generate_event(const parsed_request& p, item_output& o, b
   const sim_request& r = *o.r;
   std::string out;
   out.reserve(128 + o.text.size() + o.ids.size() + (p.return_logprob ? o.out_lp.size() + o.in_lp.size() : 0));
-  out += "{\"text\":";
-  append_json_string(out, o.text);
-  out += ",\"output_ids\":[";
+  // Token texts are plain ASCII words (model.hpp), so the cumulative text needs no escaping scan.
+  out += "{\"text\":\"";
+  out += o.text;
+  out += "\",\"output_ids\":[";
   out += o.ids;
   out += "],\"meta_info\":{\"id\":";
   append_json_string(out, r.rid);

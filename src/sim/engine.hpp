@@ -197,7 +197,8 @@ class engine {
   double interval_model_ms_ = 0, interval_measured_ms_ = 0;
   std::uint64_t interval_steps_ = 0, interval_measured_steps_ = 0;
   double last_model_step_ms_ = 0, last_measured_step_ms_ = 0;
-  double total_model_ms_ = 0, total_measured_ms_ = 0;
+  double total_model_ms_ = 0, total_measured_ms_ = 0, total_cpu_ms_ = 0;
+  double last_cpu_ms_ = 0;  // process CPU time at the last step
   std::uint64_t total_measured_steps_ = 0;
   double max_step_ratio_ = 0;
   unsigned steps_since_log_ = 0;

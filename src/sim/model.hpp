@@ -25,7 +25,8 @@ std::uint64_t prompt_seed(const std::vector<std::int32_t>& ids);
 /// The i-th output token for a prompt.
 std::int32_t output_token(std::uint64_t seed, std::size_t i);
 
-/// The text of a token: a short word with a leading space, plain ASCII (no JSON escaping needed).
+/// The text of a token: a short word with a leading space, plain ASCII letters (no JSON escaping
+/// is needed, and output text is copied into JSON as it is).
 std::string_view token_text(std::int32_t id);
 
 /// Logprob of the i-th output token, rounded to 4 decimals so its printed form is stable.

@@ -42,7 +42,7 @@ struct sim_options {
   std::uint32_t max_running_requests = 4096;
   std::uint64_t max_total_tokens = 50'000'000;  ///< KV capacity of the decode worker.
   double step_base_ms = 10.0;
-  double step_per_req_ms = 0.005;
+  double step_per_req_ms = 0.03;  // 2000 running: 70 ms, what one core can serve (docs)
 
   unsigned chars_per_token = 4;
   std::uint32_t default_max_new_tokens = 16;
