@@ -5,10 +5,11 @@
 //       src/rewrite.cpp src/json_escape.cpp src/logprob_merge.cpp src/sse.cpp  (one line)
 //   /tmp/micro_rewrite
 //
-// Each line prints the median over several batches of the time per call, so one noisy batch (the
-// load generator or a build on the same two cores) does not decide the result.
+// Each line prints the median over several batches of the thread CPU time per call, so neither time
+// spent descheduled nor one noisy batch (a build on the same two cores) decides the result.
+#include <time.h>
+
 #include <algorithm>
-#include <chrono>
 #include <cstdint>
 #include <cstdio>
 #include <random>
@@ -21,14 +22,19 @@
 
 namespace {
 
+double thread_cpu_us() {
+  timespec ts;
+  clock_gettime(CLOCK_THREAD_CPUTIME_ID, &ts);
+  return static_cast<double>(ts.tv_sec) * 1e6 + static_cast<double>(ts.tv_nsec) / 1e3;
+}
+
 template <class F>
 double median_us(F&& f, int iterations) {
   std::vector<double> batches;
   for (int b = 0; b < 9; ++b) {
-    const auto t0 = std::chrono::steady_clock::now();
+    const double t0 = thread_cpu_us();
     for (int i = 0; i < iterations; ++i) f();
-    const auto t1 = std::chrono::steady_clock::now();
-    batches.push_back(std::chrono::duration<double, std::micro>(t1 - t0).count() / iterations);
+    batches.push_back((thread_cpu_us() - t0) / iterations);
   }
   std::sort(batches.begin(), batches.end());
   return batches[batches.size() / 2];

@@ -735,4 +735,14 @@ std::string_view trim_json_whitespace(std::string_view text) {
   return text.substr(b, e - b);
 }
 
+void append_spliced(std::string& out, std::string_view bytes) {
+  constexpr std::size_t piece = 2048;  // below glibc's smallest rep-movsb threshold
+  out.reserve(out.size() + bytes.size());
+  while (bytes.size() > piece) {
+    out.append(bytes.data(), piece);
+    bytes.remove_prefix(piece);
+  }
+  out.append(bytes);
+}
+
 }  // namespace pdlb

@@ -36,12 +36,18 @@ std::string_view list_elements(std::string_view doc, span list) {
   return trim_json_whitespace(doc.substr(list.begin + 1, list.end - list.begin - 2));
 }
 
+std::string copy_of(std::string_view bytes) {
+  std::string s;
+  append_spliced(s, bytes);
+  return s;
+}
+
 // Appends `[prefill, decode]` as one list; either side may be empty.
 void append_merged(std::string& out, std::string_view prefill, std::string_view decode) {
   out.push_back('[');
-  out.append(prefill);
+  append_spliced(out, prefill);
   if (!prefill.empty() && !decode.empty()) out.push_back(',');
-  out.append(decode);
+  append_spliced(out, decode);
   out.push_back(']');
 }
 
@@ -57,11 +63,11 @@ std::string apply_splices(std::string_view doc, const std::vector<splice>& splic
   out.reserve(doc.size() + extra);
   std::size_t at = 0;
   for (const splice& s : splices) {
-    out.append(doc.substr(at, s.list.begin - at));
+    append_spliced(out, doc.substr(at, s.list.begin - at));
     append_merged(out, *s.prefill, list_elements(doc, s.list));
     at = s.list.end;
   }
-  out.append(doc.substr(at));
+  append_spliced(out, doc.substr(at));
   return out;
 }
 
@@ -87,7 +93,7 @@ bool extract_input_logprobs(std::string_view prefill_json, prefill_logprobs& out
   if (!scan_json(prefill_json, &members, nullptr, &root)) return false;
   auto take = [&](std::optional<span> list) {
     if (list) {
-      out.items.emplace_back(std::string(list_elements(prefill_json, *list)));
+      out.items.emplace_back(copy_of(list_elements(prefill_json, *list)));
     } else {
       out.items.emplace_back(std::nullopt);
     }
@@ -145,7 +151,7 @@ void collect_stream_logprobs(std::string_view event_payload, prefill_logprobs& o
   const auto list = find_list(event_payload, members, scratch);
   if (!list) return;
   if (out.items.size() <= *index) out.items.resize(*index + 1);
-  out.items[*index] = std::string(list_elements(event_payload, *list));
+  out.items[*index] = copy_of(list_elements(event_payload, *list));
 }
 
 std::optional<std::string> merge_event_logprobs(std::string_view decode_payload, const prefill_logprobs& prefill) {

@@ -175,7 +175,7 @@ void rewrite_request(std::string_view body, const request_info& info, const boot
   if (members.empty()) {
     // `{}` (with any whitespace): the fields go right before the closing brace, without a comma.
     const std::size_t close = body.find_last_of('}');
-    out.append(body.substr(0, close));
+    append_spliced(out, body.substr(0, close));
     append_fields(out, info, boot, rooms, false);
     out.append(body.substr(close));
     return;
@@ -188,7 +188,7 @@ void rewrite_request(std::string_view body, const request_info& info, const boot
       copy_to = to;
       return;
     }
-    out.append(body.substr(copy_from, copy_to - copy_from));
+    append_spliced(out, body.substr(copy_from, copy_to - copy_from));
     copy_from = from;
     copy_to = to;
   };
@@ -203,10 +203,10 @@ void rewrite_request(std::string_view body, const request_info& info, const boot
     }
     any_kept = true;
   }
-  out.append(body.substr(copy_from, copy_to - copy_from));
+  append_spliced(out, body.substr(copy_from, copy_to - copy_from));
   append_fields(out, info, boot, rooms, any_kept);
   // Whitespace after the last member, the closing brace and anything after it.
-  out.append(body.substr(members.back().member_end));
+  append_spliced(out, body.substr(members.back().member_end));
 }
 
 std::string rewrite_request(std::string_view body, const request_info& info, const bootstrap_fields& boot,

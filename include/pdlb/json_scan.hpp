@@ -95,4 +95,9 @@ bool json_number_is_integer(std::string_view number_text);
 /// `text` without leading and trailing JSON whitespace.
 std::string_view trim_json_whitespace(std::string_view text);
 
+/// `out.append(bytes)` for splicing large bodies. glibc copies blocks above ~2 KB with `rep movsb`,
+/// which on the AMD EPYC machines we measured runs 20 times slower when the destination sits 1 to 31
+/// bytes past the source modulo 4096; copying in 2 KB pieces keeps to the vector path at any alignment.
+void append_spliced(std::string& out, std::string_view bytes);
+
 }  // namespace pdlb

@@ -321,3 +321,17 @@ TEST(JsonScan, AgreesWithNlohmannOnRandomDocuments) {
 }
 
 }  // namespace
+
+namespace {
+
+TEST(JsonScan, AppendSplicedCopiesLargeAndSmallPieces) {
+  std::string big(10000, 'a');
+  for (std::size_t i = 0; i < big.size(); ++i) big[i] = static_cast<char>('a' + i % 26);
+  std::string out = "x";
+  pdlb::append_spliced(out, big);
+  pdlb::append_spliced(out, "yz");
+  pdlb::append_spliced(out, "");
+  EXPECT_EQ(out, "x" + big + "yz");
+}
+
+}  // namespace
