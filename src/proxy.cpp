@@ -28,18 +28,18 @@ constexpr std::size_t admin_body_limit = 64 * 1024 * 1024;
 constexpr std::size_t relay_chunk = 64 * 1024;
 constexpr auto tuple_awaitable = net::as_tuple(net::use_awaitable);
 
-// A leg that failed: what the client should be told.
-struct leg_failure : std::exception {
-  leg_failure(http::status s, std::string m) : status(s), message(std::move(m)) {}
-  const char* what() const noexcept override { return message.c_str(); }
-  http::status status;
+// How a leg ended. Failures are values, not exceptions: the parallel group's cancellation
+// condition reads them to stop the other leg at once.
+struct leg_outcome {
+  bool ok = true;            ///< The leg did its whole job.
+  bool answered = false;     ///< Decode: the worker's own error answer was relayed to the client.
+  bool client_gone = false;  ///< Decode: a write to the client failed.
+  http::status status = http::status::ok;  ///< For !ok: what to tell the client.
   std::string message;
 };
-
-// The decode worker answered with an error, and that answer was already relayed to the client.
-struct decode_answered : std::exception {
-  const char* what() const noexcept override { return "decode answered with an error"; }
-};
+// Distinct types, so that a cancellation condition can tell which leg completed.
+struct prefill_outcome : leg_outcome {};
+struct decode_outcome : leg_outcome {};
 
 http::status status_for(const error_code& ec) {
   if (ec == beast::error::timeout) return http::status::gateway_timeout;
@@ -187,38 +187,25 @@ struct one_shot_event {
   bool ready = false;
 };
 
-// Ends the parallel group of a stream's two legs: a failed leg cancels the other; a decode leg
-// that finished (the client has its whole answer) also cancels a prefill leg still running.
-struct stream_group_condition {
-  net::cancellation_type_t operator()(std::exception_ptr e, int /*prefill*/) const {
-    return e ? net::cancellation_type::terminal : net::cancellation_type::none;
-  }
-  net::cancellation_type_t operator()(std::exception_ptr, bool /*decode*/) const {
-    return net::cancellation_type::terminal;
+// Non-stream: both legs run to the end, unless one fails; then the other is cancelled at once
+// (its connection closed, so the worker frees what it holds).
+struct unary_group_condition {
+  template <class Outcome>
+  net::cancellation_type_t operator()(std::exception_ptr e, const Outcome& o) const {
+    return e || !o.ok ? net::cancellation_type::terminal : net::cancellation_type::none;
   }
 };
 
-// True if `e` is a leg failure or decode_answered (an expected outcome), setting `out` for the
-// former. Cancellation exceptions return false.
-bool classify(std::exception_ptr e, std::optional<leg_failure>& out, bool& answered) {
-  if (!e) return false;
-  try {
-    std::rethrow_exception(e);
-  } catch (const leg_failure& f) {
-    if (!out) out = f;
-    return true;
-  } catch (const decode_answered&) {
-    answered = true;
-    return true;
-  } catch (const boost::system::system_error& se) {
-    if (se.code() == net::error::operation_aborted) return false;
-    if (!out) out = leg_failure(http::status::bad_gateway, se.what());
-    return true;
-  } catch (const std::exception& ex) {
-    if (!out) out = leg_failure(http::status::internal_server_error, ex.what());
-    return true;
+// Stream: a failed prefill cancels the decode; a decode leg that ended for any reason (the client
+// has its whole answer, or an error) also cancels a prefill leg still running.
+struct stream_group_condition {
+  net::cancellation_type_t operator()(std::exception_ptr e, const prefill_outcome& o) const {
+    return e || !o.ok ? net::cancellation_type::terminal : net::cancellation_type::none;
   }
-}
+  net::cancellation_type_t operator()(std::exception_ptr, const decode_outcome&) const {
+    return net::cancellation_type::terminal;
+  }
+};
 
 }  // namespace
 
@@ -378,8 +365,34 @@ net::awaitable<void> load_balancer::handle_pd(exchange& ex, std::string_view pat
   const std::string fwd_path(path);
 
   auto executor = co_await net::this_coro::executor;
-  std::optional<leg_failure> failure;
-  bool answered = false;
+  auto failed_leg = [&](const char* role, worker& w, const upstream_call& call, const error_code& ec) {
+    leg_outcome o;
+    o.ok = false;
+    o.status = status_for(ec);
+    o.message = describe_failure(role, w, call, ec);
+    return o;
+  };
+  auto error_answer = [&](worker& w, unsigned status, std::string_view body) {
+    leg_outcome o;
+    o.ok = false;
+    o.status = static_cast<http::status>(status);
+    o.message = std::string(w.prefill ? "prefill" : "decode") + " worker " + w.host->url().url +
+                " answered " + std::to_string(status) + ": " + snippet(body);
+    return o;
+  };
+  // The outcome that decides the client's answer: a failed prefill first (its failure usually
+  // causes the decode's), then a failed decode.
+  auto report = [&](const leg_outcome& po, const leg_outcome& dout) -> std::optional<leg_outcome> {
+    if (!po.ok) {
+      p.failures.fetch_add(1, std::memory_order_relaxed);
+      return po;
+    }
+    if (!dout.ok) {
+      d.failures.fetch_add(1, std::memory_order_relaxed);
+      return dout;
+    }
+    return std::nullopt;
+  };
 
   if (!info.stream) {
     prefill_logprobs prefill_lp;
@@ -387,49 +400,42 @@ net::awaitable<void> load_balancer::handle_pd(exchange& ex, std::string_view pat
     std::string decode_body;
     std::string decode_type;
 
-    auto prefill_leg = [&]() -> net::awaitable<int> {
+    auto prefill_leg = [&]() -> net::awaitable<prefill_outcome> {
       upstream_call call(*p.host, thread);
       if (auto ec = co_await call.start("POST", fwd_path, rewritten))
-        throw leg_failure(status_for(ec), describe_failure("prefill", p, call, ec));
+        co_return prefill_outcome{failed_leg("prefill", p, call, ec)};
       std::string pbody;
       if (auto ec = co_await call.read_all(pbody, cfg_.max_body_size))
-        throw leg_failure(status_for(ec), describe_failure("prefill", p, call, ec));
-      if (!is_2xx(call.status()))
-        throw leg_failure(static_cast<http::status>(call.status()),
-                          "prefill worker " + p.host->url().url + " answered " +
-                              std::to_string(call.status()) + ": " + snippet(pbody));
+        co_return prefill_outcome{failed_leg("prefill", p, call, ec)};
+      if (!is_2xx(call.status())) co_return prefill_outcome{error_answer(p, call.status(), pbody)};
       call.release();
       if (want_logprobs) extract_input_logprobs(pbody, prefill_lp);
-      co_return 0;
+      co_return prefill_outcome{};
     };
-    auto decode_leg = [&]() -> net::awaitable<bool> {
+    auto decode_leg = [&]() -> net::awaitable<decode_outcome> {
       upstream_call call(*d.host, thread);
       if (auto ec = co_await call.start("POST", fwd_path, rewritten))
-        throw leg_failure(status_for(ec), describe_failure("decode", d, call, ec));
+        co_return decode_outcome{failed_leg("decode", d, call, ec)};
       if (auto ec = co_await call.read_all(decode_body, cfg_.max_body_size))
-        throw leg_failure(status_for(ec), describe_failure("decode", d, call, ec));
+        co_return decode_outcome{failed_leg("decode", d, call, ec)};
       decode_status = call.status();
       decode_type = std::string(call.content_type());
       call.release();
-      co_return true;
+      co_return decode_outcome{};
     };
 
-    auto [order, pe, pv, de, dv] =
+    auto [order, pe, po, de, dout] =
         co_await net::experimental::make_parallel_group(
             net::co_spawn(executor, prefill_leg(), net::deferred),
             net::co_spawn(executor, decode_leg(), net::deferred))
-            .async_wait(net::experimental::wait_for_one_error(), net::use_awaitable);
-    bool prefill_failed = classify(pe, failure, answered);
-    bool decode_failed = classify(de, failure, answered);
-    if (!prefill_failed && !decode_failed && (pe || de)) {
-      // Both were cancelled: our own handler is being cancelled (the client left).
-      co_return;
+            .async_wait(unary_group_condition{}, net::use_awaitable);
+    // A leg that threw was cancelled: by the other leg's failure (reported here), or from outside
+    // because the client left (then nothing is written).
+    if (auto f = report(po, dout)) {
+      spdlog::warn("request failed: {}", f->message);
+      co_return co_await fail(f->status, f->message);
     }
-    if (failure) {
-      (prefill_failed ? p : d).failures.fetch_add(1, std::memory_order_relaxed);
-      spdlog::warn("request failed: {}", failure->message);
-      co_return co_await fail(failure->status, failure->message);
-    }
+    if (pe || de) co_return;
     p_lease.release();
     d_lease.release();
     if (decode_status >= 400) counters_.errors.fetch_add(1, std::memory_order_relaxed);
@@ -443,19 +449,26 @@ net::awaitable<void> load_balancer::handle_pd(exchange& ex, std::string_view pat
 
   // Streaming: the decode worker's events reach the client as they arrive.
   bool headers_sent = false;
+  bool client_write_pending = false;  // a write to the client is under way in the decode leg
   prefill_logprobs prefill_lp;
   one_shot_event prefill_ready(executor);
+  // Writes to the client from the decode leg, marking the write so that a cancellation in its
+  // middle is known.
+  auto client_write = [&](std::string_view data) -> net::awaitable<error_code> {
+    client_write_pending = true;
+    auto ec = co_await ex.write_chunk(data);
+    client_write_pending = false;
+    co_return ec;
+  };
 
-  auto prefill_leg = [&]() -> net::awaitable<int> {
+  auto prefill_leg = [&]() -> net::awaitable<prefill_outcome> {
     upstream_call call(*p.host, thread);
     if (auto ec = co_await call.start("POST", fwd_path, rewritten))
-      throw leg_failure(status_for(ec), describe_failure("prefill", p, call, ec));
+      co_return prefill_outcome{failed_leg("prefill", p, call, ec)};
     if (!is_2xx(call.status())) {
       std::string pbody;
       co_await call.read_all(pbody, 64 * 1024);
-      throw leg_failure(static_cast<http::status>(call.status()),
-                        "prefill worker " + p.host->url().url + " answered " +
-                            std::to_string(call.status()) + ": " + snippet(pbody));
+      co_return prefill_outcome{error_answer(p, call.status(), pbody)};
     }
     // Read the prefill's whole answer so its connection can be reused; keep its logprobs.
     sse_splitter splitter;
@@ -464,11 +477,11 @@ net::awaitable<void> load_balancer::handle_pd(exchange& ex, std::string_view pat
       std::size_t n = 0;
       bool done = false;
       if (auto ec = co_await call.read_some(buf.data(), buf.size(), n, done))
-        throw leg_failure(status_for(ec), describe_failure("prefill", p, call, ec));
+        co_return prefill_outcome{failed_leg("prefill", p, call, ec)};
       if (want_logprobs && n) {
         splitter.feed(std::string_view(buf.data(), n));
         while (auto ev = splitter.next_event()) {
-          if (auto data = event_data(*ev); data && *data != "[DONE]")
+          if (auto data = event_data(*ev); data && !is_done_payload(*data))
             collect_stream_logprobs(*data, prefill_lp);
         }
       }
@@ -477,27 +490,35 @@ net::awaitable<void> load_balancer::handle_pd(exchange& ex, std::string_view pat
     call.release();
     p_lease.release();
     prefill_ready.set();
-    co_return 0;
+    co_return prefill_outcome{};
   };
 
-  auto decode_leg = [&]() -> net::awaitable<bool> {
+  auto decode_leg = [&]() -> net::awaitable<decode_outcome> {
+    decode_outcome client_gone;
+    client_gone.client_gone = true;
     upstream_call call(*d.host, thread);
     if (auto ec = co_await call.start("POST", fwd_path, rewritten))
-      throw leg_failure(status_for(ec), describe_failure("decode", d, call, ec));
+      co_return decode_outcome{failed_leg("decode", d, call, ec)};
     if (!is_2xx(call.status())) {
       // Relay the decode worker's own error answer, as minilb does for non-stream requests.
       std::string dbody;
       if (auto ec = co_await call.read_all(dbody, cfg_.max_body_size))
-        throw leg_failure(status_for(ec), describe_failure("decode", d, call, ec));
+        co_return decode_outcome{failed_leg("decode", d, call, ec)};
       counters_.errors.fetch_add(1, std::memory_order_relaxed);
       headers_sent = true;
       std::string ct(call.content_type());
+      client_write_pending = true;
       co_await ex.respond(static_cast<http::status>(call.status()), dbody,
                           ct.empty() ? std::string_view("application/json") : std::string_view(ct));
-      throw decode_answered();
+      client_write_pending = false;
+      decode_outcome answered;
+      answered.answered = true;
+      co_return answered;
     }
     headers_sent = true;
-    if (auto ec = co_await ex.begin_stream(http::status::ok)) throw boost::system::system_error(net::error::operation_aborted);
+    client_write_pending = true;
+    if (co_await ex.begin_stream(http::status::ok)) co_return client_gone;
+    client_write_pending = false;
     std::vector<char> buf(relay_chunk);
     std::string pending;  // bytes of an event not yet complete
     std::string out;
@@ -506,8 +527,9 @@ net::awaitable<void> load_balancer::handle_pd(exchange& ex, std::string_view pat
       std::size_t n = 0;
       bool done = false;
       if (auto ec = co_await call.read_some(buf.data(), buf.size(), n, done))
-        throw leg_failure(status_for(ec), describe_failure("decode", d, call, ec));
+        co_return decode_outcome{failed_leg("decode", d, call, ec)};
       std::string_view piece(buf.data(), n);
+      error_code wec;
       if (want_logprobs) {
         if (!prefill_ready.ready) co_await prefill_ready.wait();
         splitter.feed(piece);
@@ -515,7 +537,7 @@ net::awaitable<void> load_balancer::handle_pd(exchange& ex, std::string_view pat
         while (auto ev = splitter.next_event()) {
           auto data = event_data(*ev);
           std::optional<std::string> merged;
-          if (data && *data != "[DONE]") merged = merge_event_logprobs(*data, prefill_lp);
+          if (data && !is_done_payload(*data)) merged = merge_event_logprobs(*data, prefill_lp);
           if (merged) {
             out += "data: ";
             out += *merged;
@@ -525,50 +547,62 @@ net::awaitable<void> load_balancer::handle_pd(exchange& ex, std::string_view pat
           }
         }
         if (done) out.append(splitter.pending());
-        if (auto ec = co_await ex.write_chunk(out)) throw boost::system::system_error(net::error::operation_aborted);
+        wec = co_await client_write(out);
       } else if (pending.empty()) {
         // Forward whole events straight from the read buffer; keep a partial tail.
         std::size_t whole = done ? piece.size() : complete_prefix_length(piece);
-        if (auto ec = co_await ex.write_chunk(piece.substr(0, whole))) throw boost::system::system_error(net::error::operation_aborted);
+        wec = co_await client_write(piece.substr(0, whole));
         pending.assign(piece.substr(whole));
       } else {
         pending.append(piece);
         std::size_t whole = done ? pending.size() : complete_prefix_length(pending);
-        if (auto ec = co_await ex.write_chunk(std::string_view(pending).substr(0, whole))) throw boost::system::system_error(net::error::operation_aborted);
+        wec = co_await client_write(std::string_view(pending).substr(0, whole));
         pending.erase(0, whole);
       }
+      if (wec) co_return client_gone;
       if (done) break;
     }
     call.release();
     d_lease.release();
-    if (auto ec = co_await ex.end_stream()) throw boost::system::system_error(net::error::operation_aborted);
-    co_return true;
+    if (co_await ex.end_stream()) co_return client_gone;
+    co_return decode_outcome{};
   };
 
-  auto [order, pe, pv, de, dv] =
+  auto [order, pe, po, de, dout] =
       co_await net::experimental::make_parallel_group(
           net::co_spawn(executor, prefill_leg(), net::deferred),
           net::co_spawn(executor, decode_leg(), net::deferred))
           .async_wait(stream_group_condition{}, net::use_awaitable);
-  bool prefill_failed = classify(pe, failure, answered);
-  bool decode_failed = classify(de, failure, answered);
-  bool decode_finished = !de;
-  if (decode_finished || answered) co_return;  // the client has its whole answer
-  if (!failure) {
-    // Cancelled from outside (the client left), or the client write failed.
-    if (!headers_sent || !prefill_failed) ex.close_after();
+  if (!de) {
+    if (dout.answered) co_return;  // the decode's own error answer was relayed
+    if (dout.client_gone) {
+      ex.close_after();
+      co_return;
+    }
+    if (dout.ok) co_return;  // the client has its whole answer
+  }
+  // Here the decode leg failed, or was cancelled: by a failed prefill, or because the client left.
+  auto f = report(po, de ? decode_outcome{} : dout);
+  if (!f) {
+    ex.close_after();
     co_return;
   }
-  (prefill_failed ? p : d).failures.fetch_add(1, std::memory_order_relaxed);
-  (void)decode_failed;
+  if (client_write_pending) {
+    // The decode leg was cancelled in the middle of a write: the response framing is broken, so
+    // the only honest end is to close the connection.
+    spdlog::warn("stream failed: {}", f->message);
+    counters_.errors.fetch_add(1, std::memory_order_relaxed);
+    ex.abort_stream();
+    co_return;
+  }
   counters_.errors.fetch_add(1, std::memory_order_relaxed);
-  spdlog::warn("stream failed: {}", failure->message);
+  spdlog::warn("stream failed: {}", f->message);
   if (!headers_sent) {
-    co_await ex.respond(failure->status, json_error_body(failure->message));
+    co_await ex.respond(f->status, json_error_body(f->message));
     co_return;
   }
   // Headers are out: tell the client in the stream, and end it without [DONE].
-  std::string event = "data: " + json_error_body(failure->message) + "\n\n";
+  std::string event = "data: " + json_error_body(f->message) + "\n\n";
   if (co_await ex.write_chunk(event)) co_return;
   co_await ex.end_stream();
 }

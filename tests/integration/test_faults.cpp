@@ -5,6 +5,7 @@
 #include <gmock/gmock.h>
 
 #include <chrono>
+#include <future>
 
 namespace pdlb::test {
 namespace {
@@ -27,9 +28,12 @@ void expect_clean_and_serving(cluster& c) {
 
 TEST(Faults, PrefillErrorStatusReachesClientAndCancelsDecode) {
   auto c = cluster::start(1, 1);
-  post_json(*c->prefill[0], "/sim/fault", {{"fail_status", 503}, {"count", 1}});
+  // The prefill answers 503 after a delay, so the decode leg is surely waiting for KV by then.
+  post_json(*c->prefill[0], "/sim/fault", {{"fail_status", 503}, {"latency_ms", 500}, {"count", 1}});
   auto start = std::chrono::steady_clock::now();
-  auto r = c->post("/generate", small_request());
+  auto pending = std::async(std::launch::async, [&] { return c->post("/generate", small_request()); });
+  EXPECT_TRUE(sim_wait(*c->decode[0], "min_received=1", 10s));
+  auto r = pending.get();
   EXPECT_EQ(r.status, 503u) << r.body;
   EXPECT_TRUE(is_error_body(r.body)) << r.body;
   EXPECT_THAT(r.body, HasSubstr("prefill"));
@@ -70,22 +74,39 @@ TEST(Faults, StalledPrefillTimesOutWith504AfterTimeout) {
   expect_clean_and_serving(*c);
 }
 
-TEST(Faults, PrefillFailingBeforeStreamHeadersGivesAnErrorStatus) {
+TEST(Faults, PrefillFailingInAStreamGivesAnErrorAndCancelsDecode) {
   auto c = cluster::start(1, 1);
-  post_json(*c->prefill[0], "/sim/fault", {{"fail_status", 500}, {"count", 1}});
-  // Slow decode so its stream has not produced headers... the sim sends headers at once, so the
-  // client may see either an error status or a stream that carries the error event.
-  auto r = c->post("/generate", small_request(true));
+  post_json(*c->prefill[0], "/sim/fault", {{"fail_status", 500}, {"latency_ms", 500}, {"count", 1}});
+  auto pending = std::async(std::launch::async, [&] { return c->post("/generate", small_request(true)); });
+  EXPECT_TRUE(sim_wait(*c->decode[0], "min_received=1", 10s));
+  auto r = pending.get();
+  // The sim sends stream headers at once, so the error comes as the stream's last event; were the
+  // headers not out yet, it would be the prefill's status.
   if (r.status == 200) {
     auto events = sse_data(r.body);
     ASSERT_FALSE(events.empty());
     EXPECT_TRUE(is_error_body(events.back())) << r.body;
     EXPECT_THAT(r.body, Not(HasSubstr("[DONE]")));
+    EXPECT_TRUE(r.complete);
   } else {
     EXPECT_EQ(r.status, 500u);
     EXPECT_TRUE(is_error_body(r.body)) << r.body;
   }
   EXPECT_TRUE(sim_wait(*c->decode[0], "min_aborted=1&active=0", 10s)) << c->decode[0]->stats().dump();
+  expect_clean_and_serving(*c);
+}
+
+TEST(Faults, PrefillFailingAtOnceLeavesNoDecodeWork) {
+  // Without delay the decode leg may be cancelled before it reached the worker, or while it waits
+  // for KV: either way nothing may be left running there.
+  auto c = cluster::start(1, 1);
+  post_json(*c->prefill[0], "/sim/fault", {{"fail_status", 500}, {"count", 3}});
+  for (bool stream : {false, true, false}) {
+    auto r = c->post("/generate", small_request(stream));
+    EXPECT_TRUE(r.status == 500u || (r.status == 200u && is_error_body(sse_data(r.body).back()))) << r.body;
+  }
+  auto d = c->decode[0]->stats();
+  EXPECT_EQ(d["finished"], 0);
   expect_clean_and_serving(*c);
 }
 
