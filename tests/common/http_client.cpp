@@ -8,8 +8,10 @@
 #include <boost/beast/http/parser.hpp>
 #include <boost/beast/http/read.hpp>
 
+#include <poll.h>
 #include <sys/socket.h>
-#include <sys/time.h>
+
+#include <cerrno>
 
 #include <cctype>
 #include <stdexcept>
@@ -21,21 +23,73 @@ namespace beast = boost::beast;
 namespace http = beast::http;
 using tcp = net::ip::tcp;
 
+namespace {
+
+// A socket whose blocking reads and writes give up after a timeout. Asio's synchronous operations
+// ignore SO_RCVTIMEO (they poll() without a limit after EAGAIN), so the wait is done here with
+// poll() before each operation.
+class timed_socket {
+ public:
+  explicit timed_socket(net::io_context& ioc) : socket_(ioc) {}
+  tcp::socket& socket() { return socket_; }
+  std::chrono::milliseconds timeout{std::chrono::seconds(30)};
+
+  using executor_type = tcp::socket::executor_type;
+  executor_type get_executor() { return socket_.get_executor(); }
+
+  template <class Buffers>
+  std::size_t read_some(const Buffers& b, beast::error_code& ec) {
+    if (!wait(POLLIN, ec)) return 0;
+    return socket_.read_some(b, ec);
+  }
+  template <class Buffers>
+  std::size_t read_some(const Buffers& b) {
+    beast::error_code ec;
+    auto n = read_some(b, ec);
+    if (ec) throw beast::system_error(ec);
+    return n;
+  }
+  template <class Buffers>
+  std::size_t write_some(const Buffers& b, beast::error_code& ec) {
+    if (!wait(POLLOUT, ec)) return 0;
+    return socket_.write_some(b, ec);
+  }
+  template <class Buffers>
+  std::size_t write_some(const Buffers& b) {
+    beast::error_code ec;
+    auto n = write_some(b, ec);
+    if (ec) throw beast::system_error(ec);
+    return n;
+  }
+
+ private:
+  bool wait(short events, beast::error_code& ec) {
+    pollfd p{socket_.native_handle(), events, 0};
+    int r;
+    do {
+      r = ::poll(&p, 1, static_cast<int>(timeout.count()));
+    } while (r < 0 && errno == EINTR);
+    if (r == 0) {
+      ec = net::error::timed_out;
+      return false;
+    }
+    return true;
+  }
+  tcp::socket socket_;
+};
+
+}  // namespace
+
 struct http_connection::impl {
   net::io_context ioc;
-  tcp::socket socket{ioc};
+  timed_socket stream{ioc};
+  tcp::socket& socket = stream.socket();
   beast::flat_buffer buffer;
   std::optional<http::response_parser<http::buffer_body>> streaming;
 };
 
 namespace {
-void set_timeouts(tcp::socket& s, std::chrono::milliseconds t) {
-  timeval tv{};
-  tv.tv_sec = static_cast<time_t>(t.count() / 1000);
-  tv.tv_usec = static_cast<suseconds_t>((t.count() % 1000) * 1000);
-  ::setsockopt(s.native_handle(), SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv);
-  ::setsockopt(s.native_handle(), SOL_SOCKET, SO_SNDTIMEO, &tv, sizeof tv);
-}
+void set_timeouts(timed_socket& s, std::chrono::milliseconds t) { s.timeout = t; }
 
 std::string lower(std::string s) {
   for (auto& c : s) c = static_cast<char>(std::tolower(static_cast<unsigned char>(c)));
@@ -54,7 +108,7 @@ http_connection::http_connection(std::uint16_t port, std::string host,
     : impl_(std::make_unique<impl>()) {
   impl_->socket.connect(tcp::endpoint(net::ip::make_address(host), port));
   impl_->socket.set_option(tcp::no_delay(true));
-  set_timeouts(impl_->socket, timeout);
+  set_timeouts(impl_->stream, timeout);
 }
 
 http_connection::~http_connection() = default;
@@ -79,7 +133,7 @@ void http_connection::send(const std::string& method, const std::string& target,
 }
 
 void http_connection::send_raw(const std::string& bytes) {
-  net::write(impl_->socket, net::buffer(bytes));
+  net::write(impl_->stream, net::buffer(bytes));
 }
 
 http_response http_connection::read_response() {
@@ -101,7 +155,7 @@ http_response http_connection::read_header() {
   impl_->streaming.emplace();
   impl_->streaming->body_limit(boost::none);
   beast::error_code ec;
-  http::read_header(impl_->socket, impl_->buffer, *impl_->streaming, ec);
+  http::read_header(impl_->stream, impl_->buffer, *impl_->streaming, ec);
   if (ec) {
     out.error = ec.message();
     impl_->streaming.reset();
@@ -119,7 +173,7 @@ std::optional<std::string> http_connection::read_body_some() {
     p.get().body().data = buf;
     p.get().body().size = sizeof buf;
     beast::error_code ec;
-    http::read_some(impl_->socket, impl_->buffer, p, ec);
+    http::read_some(impl_->stream, impl_->buffer, p, ec);
     if (ec == http::error::need_buffer) ec = {};
     std::size_t got = sizeof buf - p.get().body().size;
     if (ec) {
@@ -138,7 +192,7 @@ std::string http_connection::read_until_close() {
   char buf[65536];
   for (;;) {
     beast::error_code ec;
-    auto n = impl_->socket.read_some(net::buffer(buf), ec);
+    auto n = impl_->stream.read_some(net::buffer(buf), ec);
     out.append(buf, n);
     if (ec) break;
   }
@@ -146,10 +200,10 @@ std::string http_connection::read_until_close() {
 }
 
 bool http_connection::peer_closed(std::chrono::milliseconds wait) {
-  set_timeouts(impl_->socket, wait);
+  set_timeouts(impl_->stream, wait);
   char c;
   beast::error_code ec;
-  impl_->socket.read_some(net::buffer(&c, 1), ec);
+  impl_->stream.read_some(net::buffer(&c, 1), ec);
   return ec == net::error::eof || ec == net::error::connection_reset;
 }
 
