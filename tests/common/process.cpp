@@ -8,6 +8,7 @@
 
 #include <fcntl.h>
 #include <poll.h>
+#include <sys/prctl.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -39,8 +40,10 @@ child_process::child_process(std::vector<std::string> argv,
   if (pid_ == 0) {
     ::dup2(fds[1], 1);
     ::dup2(fds[1], 2);
-    // A new process group, so that a killed test takes its helpers' children down too.
+    // A new process group, so that a killed test takes its helpers' children down too, and death
+    // with the test process itself, so that a test killed by a timeout leaves nothing running.
     ::setpgid(0, 0);
+    ::prctl(PR_SET_PDEATHSIG, SIGKILL);
     ::execve(args[0], args.data(), envp.data());
     std::fprintf(stderr, "exec %s failed: %s\n", args[0], std::strerror(errno));
     ::_exit(127);
