@@ -13,6 +13,7 @@
 #include <boost/asio/steady_timer.hpp>
 #include <boost/asio/use_awaitable.hpp>
 #include <boost/asio/write.hpp>
+#include <boost/beast/core/buffers_suffix.hpp>
 #include <boost/beast/core/flat_buffer.hpp>
 #include <boost/beast/core/tcp_stream.hpp>
 #include <boost/beast/http/error.hpp>
@@ -57,6 +58,21 @@ struct connection {
 struct thread_state {
   std::unordered_set<connection*> connections;
 };
+
+// "<hex size>\r\n" of a chunk; returns its length.
+std::size_t format_chunk_size(std::size_t n, char* out) {
+  static constexpr char hex[] = "0123456789abcdef";
+  char tmp[16];
+  std::size_t len = 0;
+  do {
+    tmp[len++] = hex[n & 0xf];
+    n >>= 4;
+  } while (n != 0);
+  for (std::size_t i = 0; i < len; ++i) out[i] = tmp[len - 1 - i];
+  out[len] = '\r';
+  out[len + 1] = '\n';
+  return len + 2;
+}
 
 bool is_http_parse_error(const error_code& ec) {
   return ec.category() == http::make_error_code(http::error::bad_target).category();
@@ -136,10 +152,7 @@ class exchange_impl final : public exchange {
     head.append(extra_headers.data(), extra_headers.size());
     head += "\r\n";
     std::array<net::const_buffer, 2> bufs{net::buffer(head), net::buffer(body.data(), body.size())};
-    conn_.stream.expires_after(opts_.write_timeout);
-    auto [ec, n] = co_await net::async_write(conn_.stream, bufs, tuple_awaitable);
-    if (ec) keep_alive_ = false;
-    co_return ec;
+    co_return co_await send(bufs);
   }
 
   net::awaitable<error_code> begin_stream(http::status status, std::string_view content_type,
@@ -162,40 +175,27 @@ class exchange_impl final : public exchange {
     append_connection_header(head);
     head.append(extra_headers.data(), extra_headers.size());
     head += "\r\n";
-    conn_.stream.expires_after(opts_.write_timeout);
-    auto [ec, n] = co_await net::async_write(conn_.stream, net::buffer(head), tuple_awaitable);
-    if (ec) keep_alive_ = false;
-    co_return ec;
+    co_return co_await send(std::array<net::const_buffer, 1>{net::buffer(head)});
   }
 
   net::awaitable<error_code> write_chunk(std::string_view data) override {
     if (!streaming_ || stream_ended_) co_return net::error::operation_not_supported;
     if (data.empty()) co_return error_code{};
-    conn_.stream.expires_after(opts_.write_timeout);
-    error_code ec;
-    if (http10_) {
-      std::tie(ec, std::ignore) =
-          co_await net::async_write(conn_.stream, net::buffer(data.data(), data.size()), tuple_awaitable);
-    } else {
-      char size_line[24];
-      int len = std::snprintf(size_line, sizeof size_line, "%zx\r\n", data.size());
-      std::array<net::const_buffer, 3> bufs{net::buffer(size_line, static_cast<std::size_t>(len)),
-                                            net::buffer(data.data(), data.size()),
-                                            net::buffer("\r\n", 2)};
-      std::tie(ec, std::ignore) = co_await net::async_write(conn_.stream, bufs, tuple_awaitable);
-    }
-    if (ec) keep_alive_ = false;
-    co_return ec;
+    if (http10_)
+      co_return co_await send(std::array<net::const_buffer, 1>{net::buffer(data.data(), data.size())});
+    char size_line[20];
+    std::size_t len = format_chunk_size(data.size(), size_line);
+    std::array<net::const_buffer, 3> bufs{net::buffer(size_line, len),
+                                          net::buffer(data.data(), data.size()),
+                                          net::buffer("\r\n", 2)};
+    co_return co_await send(bufs);
   }
 
   net::awaitable<error_code> end_stream() override {
     if (!streaming_ || stream_ended_) co_return net::error::operation_not_supported;
     stream_ended_ = true;
     if (http10_) co_return error_code{};
-    conn_.stream.expires_after(opts_.write_timeout);
-    auto [ec, n] = co_await net::async_write(conn_.stream, net::buffer("0\r\n\r\n", 5), tuple_awaitable);
-    if (ec) keep_alive_ = false;
-    co_return ec;
+    co_return co_await send(std::array<net::const_buffer, 1>{net::buffer("0\r\n\r\n", 5)});
   }
 
   void abort_stream() override {
@@ -225,7 +225,37 @@ class exchange_impl final : public exchange {
     }
   }
 
+  // Writes `bufs` to the client. Most writes fit the socket's buffer and are done at once, with no
+  // timer and no copy; what does not fit is copied before the coroutine suspends, so the caller's
+  // bytes (the relay's per-thread buffer, say) are free again as soon as this is called.
+  template <class Buffers>
+  net::awaitable<error_code> send(const Buffers& bufs) {
+    auto& socket = conn_.stream.socket();
+    const std::size_t total = net::buffer_size(bufs);
+    error_code ec;
+    std::size_t sent = socket.write_some(bufs, ec);
+    if (!ec && sent == total) co_return error_code{};
+    if (ec == net::error::would_block || ec == net::error::try_again) {
+      ec = {};
+      sent = 0;
+    }
+    if (ec) {
+      keep_alive_ = false;
+      co_return ec;
+    }
+    pending_.resize(total - sent);
+    beast::buffers_suffix<Buffers> rest(bufs);
+    rest.consume(sent);
+    net::buffer_copy(net::buffer(pending_), rest);
+    conn_.stream.expires_after(opts_.write_timeout);
+    auto [wec, n] = co_await net::async_write(conn_.stream, net::buffer(pending_), tuple_awaitable);
+    if (pending_.capacity() > 64 * 1024) std::string().swap(pending_);
+    if (wec) keep_alive_ = false;
+    co_return wec;
+  }
+
   connection& conn_;
+  std::string pending_;  // bytes that did not fit the socket buffer at once
   request req_;
   std::size_t index_;
   const server_options& opts_;
@@ -359,6 +389,12 @@ void http_server::impl::close_connections(bool idle_only) {
 
 net::awaitable<void> http_server::impl::run_session(tcp::socket socket, std::size_t index) {
   connection conn(std::move(socket));
+  {
+    // Writes are tried at once and only then awaited (exchange_impl::send), which needs a
+    // non-blocking socket; Asio's asynchronous operations are not affected by the flag.
+    error_code ignored;
+    conn.stream.socket().non_blocking(true, ignored);
+  }
   auto& registry = threads[index].connections;
   registry.insert(&conn);
   open_connections.fetch_add(1, std::memory_order_relaxed);
@@ -426,6 +462,12 @@ net::awaitable<void> http_server::impl::run_session(tcp::socket socket, std::siz
     }
 
     bool body_ok = true;
+    // Beast reads at most what the buffer can hold (512 bytes at first): make room for the body so
+    // that it comes in a few large reads, not a hundred small ones. Given back after the request.
+    if (auto length = parser.content_length(); length && !parser.is_done()) {
+      std::size_t want = static_cast<std::size_t>(std::min<std::uint64_t>(*length, 1 << 20)) + buffer.size();
+      if (buffer.capacity() < want) buffer.reserve(want);
+    }
     while (!parser.is_done()) {
       conn.stream.expires_after(opts.body_idle_timeout);
       auto [rec, rn] = co_await http::async_read_some(conn.stream, buffer, parser, tuple_awaitable);
@@ -447,6 +489,7 @@ net::awaitable<void> http_server::impl::run_session(tcp::socket socket, std::siz
     }
     if (!body_ok) break;
     conn.stream.expires_never();  // the handler's writes set their own deadlines
+    if (buffer.size() == 0 && buffer.capacity() > 4096) buffer.shrink_to_fit();
 
     exchange_impl ex(conn, parser.release(), index, opts);
     auto winner = co_await (run_guarded(handler, ex) || watch_client_close(conn.stream.socket()));

@@ -25,7 +25,8 @@ namespace pdlb {
 namespace {
 
 constexpr std::size_t admin_body_limit = 64 * 1024 * 1024;
-constexpr std::size_t relay_chunk = 64 * 1024;
+constexpr std::size_t relay_chunk = upstream_scratch_size;
+char* relay_scratch() { return upstream_scratch(); }
 constexpr auto tuple_awaitable = net::as_tuple(net::use_awaitable);
 
 // How a leg ended. Failures are values, not exceptions: the parallel group's cancellation
@@ -472,14 +473,14 @@ net::awaitable<void> load_balancer::handle_pd(exchange& ex, std::string_view pat
     }
     // Read the prefill's whole answer so its connection can be reused; keep its logprobs.
     sse_splitter splitter;
-    std::array<char, 16384> buf;
     for (;;) {
       std::size_t n = 0;
       bool done = false;
-      if (auto ec = co_await call.read_some(buf.data(), buf.size(), n, done))
+      char* buf = relay_scratch();
+      if (auto ec = co_await call.read_some(buf, relay_chunk, n, done))
         co_return prefill_outcome{failed_leg("prefill", p, call, ec)};
       if (want_logprobs && n) {
-        splitter.feed(std::string_view(buf.data(), n));
+        splitter.feed(std::string_view(buf, n));
         while (auto ev = splitter.next_event()) {
           if (auto data = event_data(*ev); data && !is_done_payload(*data))
             collect_stream_logprobs(*data, prefill_lp);
@@ -519,16 +520,16 @@ net::awaitable<void> load_balancer::handle_pd(exchange& ex, std::string_view pat
     client_write_pending = true;
     if (co_await ex.begin_stream(http::status::ok)) co_return client_gone;
     client_write_pending = false;
-    std::vector<char> buf(relay_chunk);
     std::string pending;  // bytes of an event not yet complete
     std::string out;
     sse_splitter splitter;
     for (;;) {
       std::size_t n = 0;
       bool done = false;
-      if (auto ec = co_await call.read_some(buf.data(), buf.size(), n, done))
+      char* buf = relay_scratch();
+      if (auto ec = co_await call.read_some(buf, relay_chunk, n, done))
         co_return decode_outcome{failed_leg("decode", d, call, ec)};
-      std::string_view piece(buf.data(), n);
+      std::string_view piece(buf, n);
       error_code wec;
       if (want_logprobs) {
         if (!prefill_ready.ready) co_await prefill_ready.wait();
@@ -551,8 +552,8 @@ net::awaitable<void> load_balancer::handle_pd(exchange& ex, std::string_view pat
       } else if (pending.empty()) {
         // Forward whole events straight from the read buffer; keep a partial tail.
         std::size_t whole = done ? piece.size() : complete_prefix_length(piece);
+        pending.assign(piece.substr(whole));  // before the write: the scratch is not ours after it
         wec = co_await client_write(piece.substr(0, whole));
-        pending.assign(piece.substr(whole));
       } else {
         pending.append(piece);
         std::size_t whole = done ? pending.size() : complete_prefix_length(pending);

@@ -53,6 +53,11 @@ const boost::system::error_category& upstream_category() {
 
 error_code make_error_code(upstream_errc e) { return {static_cast<int>(e), upstream_category()}; }
 
+char* upstream_scratch() {
+  thread_local std::unique_ptr<char[]> buf(new char[upstream_scratch_size]);
+  return buf.get();
+}
+
 // ---------------------------------------------------------------------------------------------
 // conn_limiter
 
@@ -151,7 +156,8 @@ struct upstream_host::impl {
 namespace detail {
 
 struct pooled_conn {
-  pooled_conn(const net::any_io_executor& ex, upstream_host::impl& h) : stream(ex), host(h) {
+  pooled_conn(const net::any_io_executor& ex, upstream_host::impl& h)
+      : stream(ex), timer(ex), host(h) {
     host.open.fetch_add(1, std::memory_order_relaxed);
   }
   ~pooled_conn() {
@@ -161,6 +167,9 @@ struct pooled_conn {
   }
   beast::tcp_stream stream;
   beast::flat_buffer buffer;
+  net::steady_timer timer;  // deadline of wait_readable()
+  bool timed_out = false;
+  std::uint64_t wait_generation = 0;  // tells a stale timer expiry from the current one
   clock_type::time_point idle_since;
   upstream_host::impl& host;
 };
@@ -204,6 +213,25 @@ struct upstream_call::impl {
   std::string content_type;
 
   impl(upstream_host::impl& h, std::size_t t) : host(h), thread(t) {}
+
+  // Waits until the connection has bytes to read (or EOF), at most the response timeout.
+  net::awaitable<error_code> wait_readable() {
+    auto& c = *conn;
+    c.timed_out = false;
+    const auto generation = ++c.wait_generation;
+    c.timer.expires_after(host.opts.response_timeout);
+    c.timer.async_wait([&c, generation](error_code ec) {
+      // Cancelled: the wait ended first, or the connection is going away (then `c` is not used).
+      if (ec || c.wait_generation != generation) return;
+      c.timed_out = true;
+      error_code ignored;
+      c.stream.socket().cancel(ignored);
+    });
+    auto [ec] = co_await c.stream.socket().async_wait(tcp::socket::wait_read, tuple_awaitable);
+    c.timer.cancel();
+    if (c.timed_out) co_return beast::error::timeout;
+    co_return ec;
+  }
 
   std::unique_ptr<pooled_conn> take_idle() {
     auto& list = host.idle[thread];
@@ -257,6 +285,8 @@ struct upstream_call::impl {
     }
     error_code ignored;
     conn->stream.socket().set_option(tcp::no_delay(true), ignored);
+    // Body reads are non-blocking calls after a readiness wait (see read_some).
+    conn->stream.socket().non_blocking(true, ignored);
     co_return error_code{};
   }
 };
@@ -351,6 +381,11 @@ unsigned upstream_call::status() const {
 
 std::string_view upstream_call::content_type() const { return impl_->content_type; }
 
+// Body bytes are read without holding a buffer while the worker is silent: wait until the socket
+// is readable (no memory), read what is there in one non-blocking call into the connection's
+// buffer (up to 64 KB), parse it into the caller's buffer, and give the memory back once it is
+// consumed. An SSE stream that trickles one event at a time costs no resident buffer per stream;
+// a burst is read 64 KB at a time instead of Beast's default 512 bytes.
 net::awaitable<error_code> upstream_call::read_some(char* buf, std::size_t cap, std::size_t& n,
                                                     bool& done) {
   n = 0;
@@ -359,23 +394,55 @@ net::awaitable<error_code> upstream_call::read_some(char* buf, std::size_t cap, 
   if (!impl_->conn || !impl_->parser) co_return net::error::not_connected;
   auto& c = *impl_->conn;
   auto& p = *impl_->parser;
+  auto fail = [&](error_code ec) {
+    impl_->conn.reset();
+    return ec;
+  };
   for (;;) {
-    p.get().body().data = buf;
-    p.get().body().size = cap;
-    c.stream.expires_after(impl_->host.opts.response_timeout);
-    auto [ec, bytes] = co_await http::async_read_some(c.stream, c.buffer, p, tuple_awaitable);
-    n = cap - p.get().body().size;
-    if (ec == http::error::need_buffer) ec = {};
-    if (ec) {
-      impl_->conn.reset();
-      co_return ec;
+    // Parse what is buffered into the caller's buffer.
+    while (c.buffer.size() > 0 && n < cap && !p.is_done()) {
+      p.get().body().data = buf + n;
+      p.get().body().size = cap - n;
+      error_code ec;
+      std::size_t used = p.put(c.buffer.data(), ec);
+      c.buffer.consume(used);
+      n = cap - p.get().body().size;
+      if (ec == http::error::need_buffer) break;  // the caller's buffer is full
+      if (ec == http::error::need_more) break;    // a partial chunk header: read more
+      if (ec) co_return fail(upstream_errc::bad_response);
+      if (used == 0) break;
     }
+    if (c.buffer.size() == 0 && c.buffer.capacity() > 4096) c.buffer.shrink_to_fit();
     if (p.is_done()) {
       impl_->body_done = done = true;
       phase_ = phase::done;
       co_return error_code{};
     }
     if (n > 0) co_return error_code{};
+
+    // Nothing to hand out yet: read from the socket, waiting for it only when it has nothing.
+    error_code rec;
+    auto space = c.buffer.prepare(65536);
+    std::size_t got = c.stream.socket().read_some(space, rec);
+    c.buffer.commit(got);
+    if (rec == net::error::would_block || rec == net::error::try_again) {
+      if (c.buffer.size() == 0) c.buffer.shrink_to_fit();
+      if (auto ec = co_await impl_->wait_readable()) co_return fail(ec);
+      continue;
+    }
+    if (rec == net::error::eof) {
+      // A body delimited by the end of the connection ends here; any other body was cut short.
+      error_code ec;
+      p.put_eof(ec);
+      if (!ec && p.is_done()) {
+        impl_->body_done = done = true;
+        phase_ = phase::done;
+        impl_->conn.reset();
+        co_return error_code{};
+      }
+      co_return fail(http::error::partial_message);
+    }
+    if (rec) co_return fail(rec);
   }
 }
 
@@ -383,16 +450,16 @@ net::awaitable<error_code> upstream_call::read_all(std::string& out, std::size_t
   if (impl_->parser) {
     if (auto len = impl_->parser->content_length(); len && *len <= limit) out.reserve(out.size() + *len);
   }
-  std::array<char, 16384> chunk;
   for (;;) {
     std::size_t n = 0;
     bool done = false;
-    if (auto ec = co_await read_some(chunk.data(), chunk.size(), n, done)) co_return ec;
+    char* chunk = upstream_scratch();
+    if (auto ec = co_await read_some(chunk, upstream_scratch_size, n, done)) co_return ec;
     if (out.size() + n > limit) {
       abort();
       co_return upstream_errc::response_too_large;
     }
-    out.append(chunk.data(), n);
+    out.append(chunk, n);
     if (done) co_return error_code{};
   }
 }

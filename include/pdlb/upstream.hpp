@@ -57,6 +57,12 @@ class conn_limiter {
   std::list<std::shared_ptr<waiter>> waiters_;
 };
 
+/// The calling thread's buffer for body bytes read from workers (upstream_scratch_size bytes). It
+/// may only be used between a read and the (copying) write that forwards it, with no suspension in
+/// between; then one buffer per thread serves every stream on it and none stays resident per stream.
+char* upstream_scratch();
+inline constexpr std::size_t upstream_scratch_size = 64 * 1024;
+
 /// Timeouts and limits for upstream calls.
 struct upstream_options {
   std::chrono::milliseconds connect_timeout{std::chrono::seconds(10)};
