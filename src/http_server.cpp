@@ -51,8 +51,32 @@ namespace {
 struct connection {
   beast::tcp_stream stream;
   bool idle = true;  // waiting for the next request, nothing in flight
+  // Deadline for reading a request. Unlike beast::tcp_stream's own timeout, which closes the
+  // socket, this one only cancels the read, so that a 408 can still be sent.
+  net::steady_timer read_timer;
+  bool read_timed_out = false;
+  std::uint64_t read_generation = 0;
 
-  explicit connection(tcp::socket s) : stream(std::move(s)) {}
+  explicit connection(tcp::socket s)
+      : stream(std::move(s)), read_timer(stream.get_executor()) {}
+
+  void arm_read_deadline(std::chrono::milliseconds timeout) {
+    read_timed_out = false;
+    const auto generation = ++read_generation;
+    read_timer.expires_after(timeout);
+    read_timer.async_wait([this, generation](error_code ec) {
+      if (ec || generation != read_generation) return;  // the read ended first
+      read_timed_out = true;
+      error_code ignored;
+      stream.socket().cancel(ignored);
+    });
+  }
+  // Ends the deadline; true if it had expired (the read was cancelled by it).
+  bool disarm_read_deadline() {
+    ++read_generation;
+    read_timer.cancel();
+    return read_timed_out;
+  }
 };
 
 struct thread_state {
@@ -415,8 +439,10 @@ net::awaitable<void> http_server::impl::run_session(tcp::socket socket, std::siz
     parser.header_limit(opts.header_limit);
     parser.body_limit(opts.body_limit);
     conn.idle = true;
-    conn.stream.expires_after(opts.header_timeout);
+    conn.stream.expires_never();
+    conn.arm_read_deadline(opts.header_timeout);
     auto [ec, n] = co_await http::async_read_header(conn.stream, buffer, parser, tuple_awaitable);
+    if (conn.disarm_read_deadline() && ec == net::error::operation_aborted) ec = beast::error::timeout;
     conn.idle = false;
     if (ec) {
       if (ec == http::error::header_limit) {
@@ -469,8 +495,9 @@ net::awaitable<void> http_server::impl::run_session(tcp::socket socket, std::siz
       if (buffer.capacity() < want) buffer.reserve(want);
     }
     while (!parser.is_done()) {
-      conn.stream.expires_after(opts.body_idle_timeout);
+      conn.arm_read_deadline(opts.body_idle_timeout);
       auto [rec, rn] = co_await http::async_read_some(conn.stream, buffer, parser, tuple_awaitable);
+      if (conn.disarm_read_deadline() && rec == net::error::operation_aborted) rec = beast::error::timeout;
       if (!rec) continue;
       body_ok = false;
       if (rec == http::error::body_limit) {

@@ -1,0 +1,230 @@
+// Bad input and hostile clients: every case gets a clear answer (or a clean close), nothing is
+// forwarded that should not be, and pdlb keeps serving.
+#include "integration/cluster.hpp"
+
+#include <gmock/gmock.h>
+
+#include <future>
+#include <regex>
+
+namespace pdlb::test {
+namespace {
+
+using ::testing::HasSubstr;
+using namespace std::chrono_literals;
+
+const std::string small_body = R"({"text":"hi","sampling_params":{"max_new_tokens":2}})";
+
+class Hardening : public ::testing::Test {
+ protected:
+  static void SetUpTestSuite() {
+    c_ = cluster::start(1, 1, {"--client-header-timeout", "1", "--client-body-timeout", "1"}).release();
+  }
+  static void TearDownTestSuite() {
+    delete c_;
+    c_ = nullptr;
+  }
+  static void expect_serving() {
+    auto r = c_->post_raw("/generate", small_body);
+    EXPECT_EQ(r.status, 200u) << r.body << r.error;
+  }
+  static int prefill_received() { return c_->prefill[0]->stats()["received"].get<int>(); }
+  static cluster* c_;
+};
+cluster* Hardening::c_ = nullptr;
+
+TEST_F(Hardening, ChunkedRequestBodyIsAccepted) {
+  http_connection conn(c_->port());
+  std::string chunked = "10\r\n" + small_body.substr(0, 16) + "\r\n" +
+                        [&] {
+                          std::string rest = small_body.substr(16);
+                          char size[16];
+                          std::snprintf(size, sizeof size, "%zx", rest.size());
+                          return std::string(size) + "\r\n" + rest + "\r\n";
+                        }() +
+                        "0\r\n\r\n";
+  conn.send("POST", "/generate", chunked, {{"Transfer-Encoding", "chunked"}, {"Content-Type", "application/json"}});
+  auto r = conn.read_response();
+  EXPECT_EQ(r.status, 200u) << r.body;
+}
+
+TEST_F(Hardening, Expect100ContinueGetsContinueThenTheAnswer) {
+  http_connection conn(c_->port());
+  conn.send_raw("POST /generate HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: " +
+                std::to_string(small_body.size()) + "\r\nExpect: 100-continue\r\n\r\n");
+  auto interim = conn.read_header();
+  EXPECT_EQ(interim.status, 100u);
+  conn.send_raw(small_body);
+  auto r = conn.read_response();
+  EXPECT_EQ(r.status, 200u) << r.body << r.error;
+}
+
+TEST_F(Hardening, Http10ClientGetsAnAnswerAndTheConnectionCloses) {
+  http_connection conn(c_->port());
+  conn.send_raw("POST /generate HTTP/1.0\r\nContent-Type: application/json\r\nContent-Length: " +
+                std::to_string(small_body.size()) + "\r\n\r\n" + small_body);
+  std::string all = conn.read_until_close();
+  EXPECT_THAT(all, HasSubstr("200 OK"));
+  EXPECT_THAT(all, HasSubstr("\"text\""));
+}
+
+TEST_F(Hardening, Http10StreamEndsByClosingTheConnection) {
+  http_connection conn(c_->port());
+  std::string body = R"({"text":"hi","stream":true,"sampling_params":{"max_new_tokens":3}})";
+  conn.send_raw("POST /generate HTTP/1.0\r\nContent-Length: " + std::to_string(body.size()) + "\r\n\r\n" + body);
+  std::string all = conn.read_until_close();
+  EXPECT_THAT(all, HasSubstr("200 OK"));
+  EXPECT_THAT(all, ::testing::Not(HasSubstr("Transfer-Encoding: chunked")));
+  EXPECT_THAT(all, HasSubstr("data: [DONE]"));
+}
+
+TEST_F(Hardening, PipelinedRequestsAreAnsweredInOrder) {
+  http_connection conn(c_->port());
+  std::string one = "GET /health HTTP/1.1\r\nHost: x\r\n\r\n";
+  std::string two = "POST /generate HTTP/1.1\r\nHost: x\r\nContent-Length: " + std::to_string(small_body.size()) +
+                    "\r\n\r\n" + small_body;
+  std::string three = "GET /nope HTTP/1.1\r\nHost: x\r\n\r\n";
+  conn.send_raw(one + two + three);
+  EXPECT_EQ(conn.read_response().status, 200u);
+  auto r2 = conn.read_response();
+  EXPECT_EQ(r2.status, 200u);
+  EXPECT_THAT(r2.body, HasSubstr("meta_info"));
+  EXPECT_EQ(conn.read_response().status, 404u);
+}
+
+TEST_F(Hardening, OversizedHeaderIs431) {
+  http_connection conn(c_->port());
+  conn.send("POST", "/generate", small_body, {{"X-Big", std::string(100 * 1024, 'a')}});
+  auto r = conn.read_response();
+  EXPECT_EQ(r.status, 431u);
+  EXPECT_TRUE(is_error_body(r.body)) << r.body;
+  expect_serving();
+}
+
+TEST_F(Hardening, SlowlorisHeaderIsCutWith408) {
+  auto start = std::chrono::steady_clock::now();
+  http_connection conn(c_->port());
+  conn.send_raw("POST /generate HTTP/1.1\r\nHost: x\r\nX-Slow: ");
+  auto r = conn.read_response();
+  EXPECT_EQ(r.status, 408u) << r.error;
+  EXPECT_LT(std::chrono::steady_clock::now() - start, 5s);
+  expect_serving();
+}
+
+TEST_F(Hardening, HalfABodyThenSilenceIsCutWith408AndNothingForwarded) {
+  int before = prefill_received();
+  http_connection conn(c_->port());
+  conn.send_raw("POST /generate HTTP/1.1\r\nHost: x\r\nContent-Length: 1000\r\n\r\n{\"text\":\"only part");
+  auto r = conn.read_response();
+  EXPECT_EQ(r.status, 408u) << r.error;
+  EXPECT_EQ(prefill_received(), before);
+  expect_serving();
+}
+
+TEST_F(Hardening, ContentLengthShorterThanTheBodyLeavesGarbageThatGets400) {
+  http_connection conn(c_->port());
+  // The declared length cuts the JSON short: the first request is malformed JSON (400), and the
+  // rest of the bytes are not a valid request either (400, connection closed).
+  conn.send_raw("POST /generate HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\n\r\n" + small_body);
+  auto r = conn.read_response();
+  EXPECT_EQ(r.status, 400u);
+  auto r2 = conn.read_response();
+  EXPECT_EQ(r2.status, 400u) << r2.error;
+  expect_serving();
+}
+
+TEST_F(Hardening, DeepNestingIsRejectedWithoutCrashing) {
+  std::string deep = R"({"text":"x","extra":)" + std::string(100000, '[') + std::string(100000, ']') + "}";
+  auto r = c_->post_raw("/generate", deep);
+  EXPECT_EQ(r.status, 400u);
+  EXPECT_TRUE(is_error_body(r.body));
+  EXPECT_THAT(r.body, HasSubstr("nesting"));
+  expect_serving();
+}
+
+TEST_F(Hardening, InvalidUtf8IsRejected) {
+  auto r = c_->post_raw("/generate", std::string("{\"text\":\"bad \xff\xfe here\"}"));
+  EXPECT_EQ(r.status, 400u);
+  EXPECT_TRUE(is_error_body(r.body)) << r.body;
+}
+
+TEST_F(Hardening, HugeNumbersAreForwardedUnchanged) {
+  auto r = c_->post_raw("/generate", R"({"text":"n","huge":123456789012345678901234567890123,"sampling_params":{"max_new_tokens":1}})");
+  EXPECT_EQ(r.status, 200u) << r.body;
+}
+
+TEST_F(Hardening, WrongTypesAndEmptyBatchesAre400) {
+  int before = prefill_received();
+  for (const char* bad : {R"({"text":5})", R"({"input_ids":"x"})", R"({"text":"a","stream":"yes"})",
+                          R"({"text":[]})", R"({"input_ids":[]})", R"({"text":"a","return_logprob":1})"}) {
+    auto r = c_->post_raw("/generate", bad);
+    EXPECT_EQ(r.status, 400u) << bad;
+    EXPECT_TRUE(is_error_body(r.body)) << bad << " -> " << r.body;
+  }
+  EXPECT_EQ(prefill_received(), before);
+}
+
+TEST(HardeningAlone, ApiKeyGuardsInferenceAndAdminKeyGuardsAdminRoutes) {
+  auto c = cluster::start(1, 1, {"--api-key", "sk-inference", "--admin-api-key", "sk-admin"});
+  auto no_key = c->post_raw("/generate", small_body);
+  EXPECT_EQ(no_key.status, 401u);
+  EXPECT_TRUE(is_error_body(no_key.body));
+  EXPECT_EQ(c->post_raw("/generate", small_body, {{"Authorization", "Bearer wrong"}}).status, 401u);
+  EXPECT_EQ(c->post_raw("/generate", small_body, {{"Authorization", "Bearer sk-admin"}}).status, 401u);
+  EXPECT_EQ(c->post_raw("/generate", small_body, {{"Authorization", "Bearer sk-inference"}}).status, 200u);
+  EXPECT_EQ(c->post_raw("/flush_cache", "", {{"Authorization", "Bearer sk-inference"}}).status, 401u);
+  EXPECT_EQ(c->post_raw("/flush_cache", "", {{"Authorization", "Bearer sk-admin"}}).status, 200u);
+  EXPECT_EQ(c->get("/health").status, 200u);  // health checks need no key
+  EXPECT_THAT(c->lb->process().output(), ::testing::Not(HasSubstr("sk-inference")));
+  EXPECT_THAT(c->lb->process().output(), ::testing::Not(HasSubstr("sk-admin")));
+}
+
+TEST(HardeningAlone, WarnsWhenListeningBeyondLoopbackWithoutKeys) {
+  child_process p({PDLB_BIN, "--host", "0.0.0.0", "--port", "0", "--log-interval", "0"});
+  EXPECT_TRUE(p.wait_for_line(std::regex("without --api-key and --admin-api-key"), 10s)) << p.output();
+}
+
+TEST(HardeningAlone, BurstAboveTheConnectorLimitWaitsForFreeConnections) {
+  auto c = cluster::start(1, 1, {"--connector-limit", "2", "--threads", "2"});
+  std::vector<std::future<http_response>> all;
+  for (int i = 0; i < 16; ++i)
+    all.push_back(std::async(std::launch::async, [&] { return c->post_raw("/generate", small_body); }));
+  for (auto& f : all) EXPECT_EQ(f.get().status, 200u);
+}
+
+TEST(HardeningAlone, NoFreeConnectionBeforeTheTimeoutGives503) {
+  // One connection allowed, held by a request to a stalled decode worker; the next request waits
+  // for a slot until --timeout, then gets 503.
+  auto c = cluster::start(1, 1, {"--connector-limit", "1", "--timeout", "1"});
+  post_json(*c->decode[0], "/sim/fault", {{"stall", true}});
+  auto first = std::async(std::launch::async, [&] { return c->post_raw("/generate", small_body); });
+  auto second = c->post_raw("/generate", small_body);
+  auto r1 = first.get();
+  std::vector<unsigned> statuses{r1.status, second.status};
+  std::sort(statuses.begin(), statuses.end());
+  // The holder times out (504) or gets no slot (503); neither hangs.
+  for (auto s : statuses) EXPECT_TRUE(s == 503u || s == 504u) << s << " " << r1.body << " / " << second.body;
+}
+
+TEST(HardeningAlone, RunningOutOfFileDescriptorsBacksOffAndRecovers) {
+  auto c = cluster::start(1, 1);
+  std::string purl = c->prefill[0]->url(), durl = c->decode[0]->url();
+  c->lb.reset();
+  // A hard limit of 64 descriptors: a few dozen idle clients exhaust it.
+  child_process lb({"/bin/sh", "-c",
+                    "ulimit -n 64 && exec " + std::string(PDLB_BIN) + " --host 127.0.0.1 --port 0 --log-interval 0 --threads 1 --prefill " +
+                        purl + " " + std::to_string(c->prefill[0]->bootstrap_port()) + " --decode " + durl});
+  auto m = lb.wait_for_line(std::regex(R"(listening on http://[^ ]*:(\d+))"), 10s);
+  ASSERT_TRUE(m);
+  auto port = static_cast<std::uint16_t>(std::stoi((*m)[1]));
+  std::vector<std::unique_ptr<http_connection>> hogs;
+  for (int i = 0; i < 80; ++i) hogs.push_back(std::make_unique<http_connection>(port, "127.0.0.1", 2s));
+  EXPECT_TRUE(lb.wait_for_line(std::regex("accept failed .*backing off"), 10s)) << lb.output();
+  hogs.clear();  // give the descriptors back
+  auto r = http_request(port, "POST", "/generate", small_body, {}, 10s);
+  EXPECT_EQ(r.status, 200u) << r.error << r.body;
+  EXPECT_TRUE(lb.running());
+}
+
+}  // namespace
+}  // namespace pdlb::test
