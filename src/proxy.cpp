@@ -35,6 +35,7 @@ struct leg_outcome {
   bool ok = true;            ///< The leg did its whole job.
   bool answered = false;     ///< Decode: the worker's own error answer was relayed to the client.
   bool client_gone = false;  ///< Decode: a write to the client failed.
+  bool cancelled = false;    ///< !ok because the leg was cancelled (by the other leg, or the client).
   http::status status = http::status::ok;  ///< For !ok: what to tell the client.
   std::string message;
 };
@@ -330,13 +331,43 @@ net::awaitable<void> load_balancer::dispatch(exchange& ex) {
     if (!is_get) co_return co_await method_not_allowed("GET");
     co_return co_await handle_first_prefill(ex, path);
   }
+  if (path == "/pdlb/stats") {
+    if (!is_get) co_return co_await method_not_allowed("GET");
+    co_await ex.respond(http::status::ok, stats_json());
+    co_return;
+  }
   co_await reply_error(http::status::not_found, "no route for " + std::string(path));
+}
+
+std::string load_balancer::stats_json() const {
+  nlohmann::json out = {{"requests", counters_.requests.load()},
+                        {"errors", counters_.errors.load()},
+                        {"in_flight", counters_.in_flight.load()},
+                        {"client_aborts", counters_.client_aborts.load()}};
+  auto workers = [](const std::vector<std::unique_ptr<worker>>& pool) {
+    nlohmann::json list = nlohmann::json::array();
+    for (const auto& w : pool)
+      list.push_back({{"url", w->host->url().url},
+                      {"in_flight", w->in_flight.load()},
+                      {"requests", w->requests.load()},
+                      {"failures", w->failures.load()},
+                      {"open_connections", w->host->open_connections()}});
+    return list;
+  };
+  out["prefill"] = workers(prefill_);
+  out["decode"] = workers(decode_);
+  return out.dump();
 }
 
 net::awaitable<void> load_balancer::handle_pd(exchange& ex, std::string_view path, bool openai) {
   const std::string& body = ex.req().body();
+  // Leases end before the client is answered (see worker_lease::release).
+  std::optional<worker_lease> p_lease;
+  std::optional<worker_lease> d_lease;
   auto fail = [&](http::status s, std::string msg) -> net::awaitable<void> {
     counters_.errors.fetch_add(1, std::memory_order_relaxed);
+    if (p_lease) p_lease->release();
+    if (d_lease) d_lease->release();
     co_await ex.respond(s, json_error_body(msg));
   };
 
@@ -352,8 +383,8 @@ net::awaitable<void> load_balancer::handle_pd(exchange& ex, std::string_view pat
   worker& d = *decode_[pick_worker(
       cfg_.policy, decode_.size(), [&](std::size_t i) { return decode_[i]->in_flight.load(std::memory_order_relaxed); },
       rng, rr_decode_)];
-  worker_lease p_lease(p);
-  worker_lease d_lease(d);
+  p_lease.emplace(p);
+  d_lease.emplace(d);
 
   const request_info& info = inspected.info;
   std::size_t items = info.batch_size.value_or(1);
@@ -369,6 +400,7 @@ net::awaitable<void> load_balancer::handle_pd(exchange& ex, std::string_view pat
   auto failed_leg = [&](const char* role, worker& w, const upstream_call& call, const error_code& ec) {
     leg_outcome o;
     o.ok = false;
+    o.cancelled = ec == net::error::operation_aborted;
     o.status = status_for(ec);
     o.message = describe_failure(role, w, call, ec);
     return o;
@@ -383,12 +415,13 @@ net::awaitable<void> load_balancer::handle_pd(exchange& ex, std::string_view pat
   };
   // The outcome that decides the client's answer: a failed prefill first (its failure usually
   // causes the decode's), then a failed decode.
+  // A leg cancelled because the other failed is not a failure of its own.
   auto report = [&](const leg_outcome& po, const leg_outcome& dout) -> std::optional<leg_outcome> {
-    if (!po.ok) {
+    if (!po.ok && !po.cancelled) {
       p.failures.fetch_add(1, std::memory_order_relaxed);
       return po;
     }
-    if (!dout.ok) {
+    if (!dout.ok && !dout.cancelled) {
       d.failures.fetch_add(1, std::memory_order_relaxed);
       return dout;
     }
@@ -436,9 +469,12 @@ net::awaitable<void> load_balancer::handle_pd(exchange& ex, std::string_view pat
       spdlog::warn("request failed: {}", f->message);
       co_return co_await fail(f->status, f->message);
     }
-    if (pe || de) co_return;
-    p_lease.release();
-    d_lease.release();
+    if (pe || de || !po.ok || !dout.ok) {
+      ex.close_after();  // both legs were cancelled: the client left
+      co_return;
+    }
+    p_lease->release();
+    d_lease->release();
     if (decode_status >= 400) counters_.errors.fetch_add(1, std::memory_order_relaxed);
     if (want_logprobs && is_2xx(decode_status)) {
       if (auto merged = merge_input_logprobs(decode_body, prefill_lp)) decode_body = std::move(*merged);
@@ -489,7 +525,7 @@ net::awaitable<void> load_balancer::handle_pd(exchange& ex, std::string_view pat
       if (done) break;
     }
     call.release();
-    p_lease.release();
+    p_lease->release();
     prefill_ready.set();
     co_return prefill_outcome{};
   };
@@ -508,6 +544,9 @@ net::awaitable<void> load_balancer::handle_pd(exchange& ex, std::string_view pat
       counters_.errors.fetch_add(1, std::memory_order_relaxed);
       headers_sent = true;
       std::string ct(call.content_type());
+      call.release();
+      p_lease->release();  // the prefill leg is cancelled once this leg returns
+      d_lease->release();
       client_write_pending = true;
       co_await ex.respond(static_cast<http::status>(call.status()), dbody,
                           ct.empty() ? std::string_view("application/json") : std::string_view(ct));
@@ -564,7 +603,7 @@ net::awaitable<void> load_balancer::handle_pd(exchange& ex, std::string_view pat
       if (done) break;
     }
     call.release();
-    d_lease.release();
+    d_lease->release();
     if (co_await ex.end_stream()) co_return client_gone;
     co_return decode_outcome{};
   };
@@ -598,6 +637,8 @@ net::awaitable<void> load_balancer::handle_pd(exchange& ex, std::string_view pat
   }
   counters_.errors.fetch_add(1, std::memory_order_relaxed);
   spdlog::warn("stream failed: {}", f->message);
+  p_lease->release();
+  d_lease->release();
   if (!headers_sent) {
     co_await ex.respond(f->status, json_error_body(f->message));
     co_return;

@@ -77,23 +77,24 @@ bool conn_limiter::try_acquire() {
   return false;
 }
 
-net::awaitable<bool> conn_limiter::acquire(clock_type::time_point deadline) {
-  if (try_acquire()) co_return true;
+net::awaitable<error_code> conn_limiter::acquire(clock_type::time_point deadline) {
+  if (try_acquire()) co_return error_code{};
   auto w = std::make_shared<waiter>(co_await net::this_coro::executor, deadline);
   {
     std::lock_guard lock(mutex_);
     if (used_ < limit_) {
       ++used_;
-      co_return true;
+      co_return error_code{};
     }
     waiters_.push_back(w);
   }
   // Woken by release() cancelling the timer, by the deadline, or by our own cancellation.
   co_await w->timer.async_wait(tuple_awaitable);
   std::lock_guard lock(mutex_);
-  if (w->granted) co_return true;
+  if (w->granted) co_return error_code{};
   waiters_.remove(w);
-  co_return false;
+  if (clock_type::now() < deadline) co_return net::error::operation_aborted;  // we were cancelled
+  co_return upstream_errc::pool_exhausted;
 }
 
 void conn_limiter::release() {
@@ -265,10 +266,10 @@ struct upstream_call::impl {
   net::awaitable<error_code> connect(phase& where) {
     where = phase::acquire;
     auto deadline = clock_type::now() + host.opts.response_timeout;
-    if (!co_await host.host_limit.acquire(deadline)) co_return upstream_errc::pool_exhausted;
-    if (!co_await host.global_limit->acquire(deadline)) {
+    if (auto ec = co_await host.host_limit.acquire(deadline)) co_return ec;
+    if (auto ec = co_await host.global_limit->acquire(deadline)) {
       host.host_limit.release();
-      co_return upstream_errc::pool_exhausted;
+      co_return ec;
     }
     // From here the slots belong to the connection object and are freed with it.
     conn = std::make_unique<pooled_conn>(co_await net::this_coro::executor, host);

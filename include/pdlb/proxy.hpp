@@ -46,6 +46,8 @@ class load_balancer {
   std::string status_line(double seconds_since_last);
 
   const lb_counters& counters() const { return counters_; }
+  /// Counters and per-worker load as JSON (served at GET /pdlb/stats).
+  std::string stats_json() const;
   const std::vector<std::unique_ptr<worker>>& prefill_workers() const { return prefill_; }
   const std::vector<std::unique_ptr<worker>>& decode_workers() const { return decode_; }
 

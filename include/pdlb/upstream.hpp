@@ -39,8 +39,9 @@ class conn_limiter {
   explicit conn_limiter(std::size_t limit) : limit_(limit) {}
   /// Takes a slot if one is free.
   bool try_acquire();
-  /// Waits for a slot until `deadline`; true if one was taken.
-  net::awaitable<bool> acquire(std::chrono::steady_clock::time_point deadline);
+  /// Waits for a slot until `deadline`: no error if one was taken, upstream_errc::pool_exhausted
+  /// at the deadline, operation_aborted if the wait was cancelled.
+  net::awaitable<error_code> acquire(std::chrono::steady_clock::time_point deadline);
   /// Gives a slot back (to the longest waiter, if any).
   void release();
   /// Slots in use.

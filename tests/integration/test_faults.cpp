@@ -18,10 +18,14 @@ json small_request(bool stream = false, int tokens = 4) {
   return {{"text", "fault test"}, {"stream", stream}, {"sampling_params", {{"max_new_tokens", tokens}}}};
 }
 
-// After a fault: the decode worker holds nothing, and pdlb still serves a normal request.
+// After a fault: the workers hold nothing, pdlb counts nothing in flight on any worker, and it
+// still serves a normal request.
 void expect_clean_and_serving(cluster& c) {
   for (auto& d : c.decode) EXPECT_TRUE(sim_wait(*d, "active=0", 10s)) << d->stats().dump();
   for (auto& p : c.prefill) EXPECT_TRUE(sim_wait(*p, "active=0", 10s)) << p->stats().dump();
+  auto stats = parse_json(c.get("/pdlb/stats").body);
+  for (const char* pool : {"prefill", "decode"})
+    for (auto& w : stats[pool]) EXPECT_EQ(w["in_flight"], 0) << stats.dump();
   auto ok = c.post("/generate", small_request());
   EXPECT_EQ(ok.status, 200u) << ok.body;
 }
