@@ -240,7 +240,12 @@ struct upstream_call::impl {
     while (!list.empty()) {
       std::unique_ptr<pooled_conn> c = std::move(list.back());
       list.pop_back();
-      if (now - c->idle_since < host.opts.idle_timeout && looks_alive(*c)) return c;
+      // A connection used moments ago is taken as it is (the peek costs a system call per
+      // request under load); if the worker closed it anyway, start() retries on a fresh one.
+      auto idle_for = now - c->idle_since;
+      if (idle_for < host.opts.idle_timeout &&
+          (idle_for < std::chrono::seconds(1) ? c->buffer.size() == 0 : looks_alive(*c)))
+        return c;
       // Dropping it closes the socket and frees its slots.
     }
     return nullptr;
