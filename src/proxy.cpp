@@ -563,15 +563,18 @@ net::awaitable<void> load_balancer::handle_pd(exchange& ex, std::string_view pat
     std::string out;
     sse_splitter splitter;
     for (;;) {
+      // Merging needs the prefill's logprobs: wait for them before reading, never between a read
+      // into the thread's scratch buffer and its use (another stream would overwrite it).
+      if (want_logprobs && !prefill_ready.ready) co_await prefill_ready.wait();
       std::size_t n = 0;
       bool done = false;
       char* buf = relay_scratch();
       if (auto ec = co_await call.read_some(buf, relay_chunk, n, done))
         co_return decode_outcome{failed_leg("decode", d, call, ec)};
+      // From here to the write below, no co_await but the (copying) client write.
       std::string_view piece(buf, n);
       error_code wec;
       if (want_logprobs) {
-        if (!prefill_ready.ready) co_await prefill_ready.wait();
         splitter.feed(piece);
         out.clear();
         while (auto ev = splitter.next_event()) {
@@ -649,42 +652,40 @@ net::awaitable<void> load_balancer::handle_pd(exchange& ex, std::string_view pat
   co_await ex.end_stream();
 }
 
-net::awaitable<void> load_balancer::handle_fan_out(exchange& ex, std::string_view path, bool get) {
+std::vector<worker*> load_balancer::all_workers() const {
   std::vector<worker*> all;
   for (auto& w : prefill_) all.push_back(w.get());
   for (auto& w : decode_) all.push_back(w.get());
-  auto results = co_await fan_out(all, ex.thread_index(), get ? "GET" : "POST", std::string(path),
-                                  ex.req().body());
+  return all;
+}
+
+net::awaitable<void> load_balancer::fan_out_and_answer(exchange& ex, std::string method,
+                                                       std::string path, std::string_view body,
+                                                       http::status failure_status,
+                                                       std::string failure_prefix) {
+  auto results = co_await fan_out(all_workers(), ex.thread_index(), std::move(method),
+                                  std::move(path), body);
   std::string failed = failures_text(results);
   if (!failed.empty()) {
     counters_.errors.fetch_add(1, std::memory_order_relaxed);
-    co_await ex.respond(http::status::bad_gateway,
-                        json_error_body(std::string(path) + " failed on: " + failed));
+    co_await ex.respond(failure_status, json_error_body(failure_prefix + failed));
     co_return;
   }
   co_await ex.respond(http::status::ok, "", "text/plain");
+}
+
+net::awaitable<void> load_balancer::handle_fan_out(exchange& ex, std::string_view path, bool get) {
+  co_await fan_out_and_answer(ex, get ? "GET" : "POST", std::string(path), ex.req().body(),
+                              http::status::bad_gateway, std::string(path) + " failed on: ");
 }
 
 net::awaitable<void> load_balancer::handle_health_generate(exchange& ex) {
-  std::vector<worker*> all;
-  for (auto& w : prefill_) all.push_back(w.get());
-  for (auto& w : decode_) all.push_back(w.get());
-  auto results = co_await fan_out(all, ex.thread_index(), "GET", "/health_generate", {});
-  std::string failed = failures_text(results);
-  if (!failed.empty()) {
-    counters_.errors.fetch_add(1, std::memory_order_relaxed);
-    co_await ex.respond(http::status::service_unavailable,
-                        json_error_body("unhealthy workers: " + failed));
-    co_return;
-  }
-  co_await ex.respond(http::status::ok, "", "text/plain");
+  co_await fan_out_and_answer(ex, "GET", "/health_generate", {}, http::status::service_unavailable,
+                              "unhealthy workers: ");
 }
 
 net::awaitable<void> load_balancer::handle_server_info(exchange& ex) {
-  std::vector<worker*> all;
-  for (auto& w : prefill_) all.push_back(w.get());
-  for (auto& w : decode_) all.push_back(w.get());
-  auto results = co_await fan_out(all, ex.thread_index(), "GET", "/get_server_info", {});
+  auto results = co_await fan_out(all_workers(), ex.thread_index(), "GET", "/get_server_info", {});
   std::string failed = failures_text(results);
   nlohmann::json out = {{"prefill", nlohmann::json::array()}, {"decode", nlohmann::json::array()},
                         {"internal_states", nlohmann::json::array()}};

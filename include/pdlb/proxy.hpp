@@ -56,6 +56,11 @@ class load_balancer {
   net::awaitable<void> dispatch(exchange& ex);
   net::awaitable<void> handle_pd(exchange& ex, std::string_view path, bool openai);
   net::awaitable<void> handle_fan_out(exchange& ex, std::string_view path, bool get);
+  /// Calls every worker; answers 200 if all succeed, else `failure_status` naming the failures.
+  net::awaitable<void> fan_out_and_answer(exchange& ex, std::string method, std::string path,
+                                          std::string_view body, http::status failure_status,
+                                          std::string failure_prefix);
+  std::vector<worker*> all_workers() const;
   net::awaitable<void> handle_health_generate(exchange& ex);
   net::awaitable<void> handle_server_info(exchange& ex);
   net::awaitable<void> handle_first_prefill(exchange& ex, std::string_view path);

@@ -4,6 +4,10 @@
 
 #include <gmock/gmock.h>
 
+#include <atomic>
+#include <mutex>
+#include <thread>
+
 namespace pdlb::test {
 namespace {
 
@@ -348,6 +352,62 @@ TEST(RoutesAlone, PathPrefixOfAWorkerUrlIsKept) {
   auto r = c->post("/generate", {{"text", "x"}, {"sampling_params", {{"max_new_tokens", 1}}}});
   EXPECT_EQ(r.status, 404u) << r.body;
   EXPECT_THAT(r.body, HasSubstr("/v9"));
+}
+
+}  // namespace
+}  // namespace pdlb::test
+
+namespace pdlb::test {
+namespace {
+
+TEST(RoutesAlone, ConcurrentLogprobStreamsNeverCarryOtherRequestsBytes) {
+  // Regression: the relay once read into its thread's scratch buffer, then waited for the
+  // prefill's logprobs while other streams on the thread overwrote that buffer, so clients got
+  // fragments of other answers. One thread makes every request share it.
+  auto c = cluster::start(1, 1, {"--threads", "1"});
+  std::atomic<int> bad{0};
+  std::atomic<int> streams{0};
+  std::string first_bad;
+  std::mutex m;
+  auto logprob_client = [&] {
+    http_connection conn(c->port());
+    json body = {{"input_ids", {1, 2, 3, 4, 5, 6, 7, 8, 9, 10}}, {"return_logprob", true}, {"stream", true},
+                 {"sampling_params", {{"max_new_tokens", 4}}}};
+    for (int i = 0; i < 150; ++i) {
+      auto r = conn.request("POST", "/generate", body.dump());
+      ++streams;
+      bool ok = r.status == 200 && r.complete;
+      for (std::size_t pos = 0; ok && pos < r.body.size();) {
+        auto end = r.body.find("\n\n", pos);
+        if (end == std::string::npos) end = r.body.size();
+        std::string event = r.body.substr(pos, end - pos);
+        pos = end + 2;
+        if (event.empty()) continue;
+        if (event.rfind("data: ", 0) != 0) ok = false;
+        else if (event != "data: [DONE]") {
+          auto j = json::parse(event.substr(6), nullptr, false);
+          ok = !j.is_discarded() && j["meta_info"]["input_token_logprobs"].size() >= 10 &&
+               j["meta_info"]["input_token_logprobs"][9][1] == 10;
+        }
+      }
+      if (!ok) {
+        ++bad;
+        std::lock_guard lock(m);
+        if (first_bad.empty()) first_bad = r.body.substr(0, 600);
+      }
+    }
+  };
+  auto other_client = [&] {
+    http_connection conn(c->port());
+    std::string body = json{{"text", std::string(300, 'Z')}, {"sampling_params", {{"max_new_tokens", 4}}}}.dump();
+    for (int i = 0; i < 300; ++i) conn.request("POST", "/generate", body);
+  };
+  std::vector<std::thread> threads;
+  for (int i = 0; i < 6; ++i) threads.emplace_back(logprob_client);
+  for (int i = 0; i < 6; ++i) threads.emplace_back(other_client);
+  for (auto& t : threads) t.join();
+  EXPECT_EQ(streams.load(), 900);
+  EXPECT_EQ(bad.load(), 0) << first_bad;
 }
 
 }  // namespace
