@@ -102,6 +102,23 @@ int main(int argc, char** argv) {
   };
   schedule_log();
 
+  // Each thread prunes its own idle upstream connections now and then.
+  std::vector<std::unique_ptr<boost::asio::steady_timer>> prune_timers;
+  std::function<void(std::size_t)> schedule_prune = [&](std::size_t i) {
+    auto& t = *prune_timers[i];
+    t.expires_after(std::max<std::chrono::milliseconds>(cfg.upstream_idle_timeout / 2,
+                                                        std::chrono::milliseconds(100)));
+    t.async_wait([&, i](boost::system::error_code ec) {
+      if (ec) return;
+      lb->prune_idle(i);
+      schedule_prune(i);
+    });
+  };
+  for (std::size_t i = 0; i < server.thread_count(); ++i) {
+    prune_timers.push_back(std::make_unique<boost::asio::steady_timer>(server.context(i)));
+    boost::asio::post(server.context(i), [&, i] { schedule_prune(i); });
+  }
+
   boost::asio::signal_set signals(ioc, SIGINT, SIGTERM);
   bool stopping = false;
   std::function<void()> wait_signal = [&] {
@@ -119,7 +136,10 @@ int main(int argc, char** argv) {
         log_timer.cancel();
         signals.cancel();
         for (std::size_t i = 0; i < server.thread_count(); ++i)
-          boost::asio::post(server.context(i), [&lb, i] { lb->close_idle(i); });
+          boost::asio::post(server.context(i), [&, i] {
+            prune_timers[i]->cancel();
+            lb->close_idle(i);
+          });
         server.release();
         spdlog::info("all requests finished; exiting");
       });

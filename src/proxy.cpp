@@ -240,6 +240,11 @@ void load_balancer::close_idle(std::size_t thread) {
   for (auto& w : decode_) w->host->close_idle(thread);
 }
 
+void load_balancer::prune_idle(std::size_t thread) {
+  for (auto& w : prefill_) w->host->prune_idle(thread);
+  for (auto& w : decode_) w->host->prune_idle(thread);
+}
+
 std::string load_balancer::status_line(double seconds) {
   auto requests = counters_.requests.load();
   auto errors = counters_.errors.load();

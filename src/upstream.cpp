@@ -17,6 +17,7 @@
 
 #include <sys/socket.h>
 
+#include <algorithm>
 #include <array>
 #include <cerrno>
 #include <optional>
@@ -201,6 +202,16 @@ const worker_url& upstream_host::url() const { return impl_->url; }
 std::size_t upstream_host::open_connections() const { return impl_->open.load(); }
 
 void upstream_host::close_idle(std::size_t thread) { impl_->idle.at(thread).clear(); }
+
+void upstream_host::prune_idle(std::size_t thread) {
+  auto& list = impl_->idle.at(thread);
+  auto now = clock_type::now();
+  // The list is in the order connections were returned: the oldest are at the front.
+  auto first_fresh = std::find_if(list.begin(), list.end(), [&](const auto& c) {
+    return now - c->idle_since < impl_->opts.idle_timeout;
+  });
+  list.erase(list.begin(), first_fresh);
+}
 
 // ---------------------------------------------------------------------------------------------
 // upstream_call

@@ -41,6 +41,8 @@ class load_balancer {
 
   /// Closes idle upstream connections of one thread (at shutdown); call it on that thread.
   void close_idle(std::size_t thread);
+  /// Closes idle upstream connections past the idle timeout on one thread; call it on that thread.
+  void prune_idle(std::size_t thread);
 
   /// One status line for the periodic log: rates since the previous call, in-flight counts.
   std::string status_line(double seconds_since_last);

@@ -88,6 +88,9 @@ class upstream_host {
   std::size_t open_connections() const;
   /// Closes the idle connections of one thread; call it on that thread.
   void close_idle(std::size_t thread);
+  /// Closes one thread's idle connections older than the idle timeout (so that a quiet pdlb does
+  /// not hold sockets the workers have long closed); call it on that thread.
+  void prune_idle(std::size_t thread);
 
   struct impl;
   impl& get_impl() { return *impl_; }

@@ -6,6 +6,7 @@
 
 #include <chrono>
 #include <future>
+#include <thread>
 
 namespace pdlb::test {
 namespace {
@@ -213,6 +214,30 @@ TEST(Faults, WorkerRestartWithIdlePooledConnectionsDoesNotFailRequests) {
     auto r = c->post("/generate", small_request());
     EXPECT_EQ(r.status, 200u) << i << " " << r.body;
   }
+}
+
+}  // namespace
+}  // namespace pdlb::test
+
+namespace pdlb::test {
+namespace {
+
+TEST(Faults, IdleUpstreamConnectionsAreClosedAfterTheIdleTimeoutWithoutTraffic) {
+  auto c = cluster::start(1, 1, {"--upstream-idle-timeout", "0.3"});
+  for (int i = 0; i < 3; ++i) ASSERT_EQ(c->post("/generate", small_request()).status, 200u);
+  auto open_connections = [&] {
+    auto s = parse_json(c->get("/pdlb/stats").body);
+    return s["prefill"][0]["open_connections"].get<int>() + s["decode"][0]["open_connections"].get<int>();
+  };
+  EXPECT_GT(open_connections(), 0);
+  // Nothing to await from outside: pdlb prunes on its own timer. Poll, bounded.
+  int open = open_connections();
+  for (int i = 0; i < 100 && open > 0; ++i) {
+    std::this_thread::sleep_for(50ms);
+    open = open_connections();
+  }
+  EXPECT_EQ(open, 0);
+  EXPECT_EQ(c->post("/generate", small_request()).status, 200u);
 }
 
 }  // namespace
