@@ -1,5 +1,7 @@
 #include "common/process.hpp"
 
+#include <gtest/gtest.h>
+
 #include <cerrno>
 #include <csignal>
 #include <cstdlib>
@@ -54,6 +56,18 @@ child_process::child_process(std::vector<std::string> argv,
 }
 
 child_process::~child_process() {
+  // A sanitizer report from a child (pdlb, pdlb-sim under ASan/UBSan/TSan) fails the test even if
+  // the child kept running.
+  {
+    std::string out = output();
+    for (const char* marker : {"ERROR: AddressSanitizer", "ERROR: LeakSanitizer", "runtime error:",
+                               "WARNING: ThreadSanitizer"}) {
+      if (out.find(marker) != std::string::npos) {
+        ADD_FAILURE() << "sanitizer report from " << pid_ << ":\n" << out;
+        break;
+      }
+    }
+  }
   {
     std::unique_lock lock(mutex_);
     reap_locked(false);

@@ -126,3 +126,35 @@ TEST(Lifecycle, LogsNeverContainPrompts) {
 
 }  // namespace
 }  // namespace pdlb::test
+
+namespace pdlb::test {
+namespace {
+
+TEST(Lifecycle, SigtermWithAThousandOpenStreamsFinishesEveryOneAndExitsZero) {
+  // Steps of 20 ms and 30 tokens: each stream lasts over half a second, so all 1,000 are open when
+  // the signal comes; the grace period is long enough for every one to finish whole.
+  auto c = cluster::start(1, 1, {"--shutdown-grace", "60"},
+                          {"--prefill-tokens-per-s", "0", "--step-base-ms", "20", "--step-per-req-ms", "0"});
+  constexpr int streams = 1000;
+  std::vector<std::unique_ptr<http_connection>> conns;
+  std::string body = json{{"text", "drain me"}, {"stream", true}, {"sampling_params", {{"max_new_tokens", 30}}}}.dump();
+  for (int i = 0; i < streams; ++i) {
+    conns.push_back(std::make_unique<http_connection>(c->port(), "127.0.0.1", 60s));
+    conns.back()->send("POST", "/generate", body);
+  }
+  ASSERT_TRUE(sim_wait(*c->decode[0], "min_received=" + std::to_string(streams), 60s)) << c->decode[0]->stats().dump();
+  c->lb->process().signal(SIGTERM);
+  int whole = 0;
+  for (auto& conn : conns) {
+    auto r = conn->read_response();
+    if (r.status == 200 && r.complete && r.body.find("data: [DONE]") != std::string::npos) ++whole;
+  }
+  EXPECT_EQ(whole, streams);
+  auto rc = c->lb->process().wait_exit(30s);
+  ASSERT_TRUE(rc.has_value());
+  EXPECT_EQ(*rc, 0);
+  EXPECT_TRUE(sim_wait(*c->decode[0], "active=0", 10s));
+}
+
+}  // namespace
+}  // namespace pdlb::test
