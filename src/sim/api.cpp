@@ -497,6 +497,19 @@ std::string api::impl::generate_event(const parsed_request& p, item_output& o, b
   return out;
 }
 
+// The end of an OpenAI stream chunk's choice: finish_reason, matched_stop, and no usage.
+static void append_chunk_end(std::string& out, const sim_request& r, bool final_event) {
+  out += ",\"finish_reason\":";
+  out += final_event ? openai_finish_reason(r) : "null";
+  out += ",\"matched_stop\":";
+  if (final_event) {
+    append_matched_stop(out, r);
+  } else {
+    out += "null";
+  }
+  out += "}],\"usage\":null}";
+}
+
 std::string api::impl::completion_chunk(const parsed_request& p, item_output& o, bool final_event) {
   const sim_request& r = *o.r;
   std::string out = "{\"id\":";
@@ -516,15 +529,7 @@ std::string api::impl::completion_chunk(const parsed_request& p, item_output& o,
   } else {
     out += "null";
   }
-  out += ",\"finish_reason\":";
-  out += final_event ? openai_finish_reason(r) : "null";
-  out += ",\"matched_stop\":";
-  if (final_event) {
-    append_matched_stop(out, r);
-  } else {
-    out += "null";
-  }
-  out += "}],\"usage\":null}";
+  append_chunk_end(out, r, final_event);
   return out;
 }
 
@@ -554,15 +559,7 @@ std::string api::impl::chat_chunk(const parsed_request& p, item_output& o, std::
   } else {
     out += "null";
   }
-  out += ",\"finish_reason\":";
-  out += final_event ? openai_finish_reason(r) : "null";
-  out += ",\"matched_stop\":";
-  if (final_event) {
-    append_matched_stop(out, r);
-  } else {
-    out += "null";
-  }
-  out += "}],\"usage\":null}";
+  append_chunk_end(out, r, final_event);
   return out;
 }
 
