@@ -222,6 +222,7 @@ struct upstream_call::impl {
   std::unique_ptr<pooled_conn> conn;
   std::optional<http::response_parser<http::buffer_body>> parser;
   bool body_done = false;
+  unsigned status = 0;  // kept after release(), like content_type
   std::string content_type;
 
   impl(upstream_host::impl& h, std::size_t t) : host(h), thread(t) {}
@@ -387,14 +388,13 @@ net::awaitable<error_code> upstream_call::start(std::string_view method, std::st
     }
     phase_ = phase::body;
     impl_->body_done = impl_->parser->is_done();
+    impl_->status = impl_->parser->get().result_int();
     impl_->content_type = std::string(impl_->parser->get()[http::field::content_type]);
     co_return error_code{};
   }
 }
 
-unsigned upstream_call::status() const {
-  return impl_->parser ? impl_->parser->get().result_int() : 0;
-}
+unsigned upstream_call::status() const { return impl_->status; }
 
 std::string_view upstream_call::content_type() const { return impl_->content_type; }
 

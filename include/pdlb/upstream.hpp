@@ -114,7 +114,7 @@ class upstream_call {
   /// Sends `method path` with `body` (JSON) and waits for the response header.
   net::awaitable<error_code> start(std::string_view method, std::string_view path,
                                    std::string_view body);
-  /// Status code of the response (after start()).
+  /// Status code of the response (after start(); still valid after release()).
   unsigned status() const;
   /// Content-Type of the response (after start()).
   std::string_view content_type() const;

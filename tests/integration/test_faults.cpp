@@ -137,6 +137,15 @@ TEST(Faults, DecodeErrorStatusIsRelayedAsIs) {
   expect_clean_and_serving(*c);
 }
 
+TEST(Faults, DecodeErrorStatusOnAStreamRequestIsRelayedWithItsStatus) {
+  auto c = cluster::start(1, 1);
+  post_json(*c->decode[0], "/sim/fault", {{"fail_status", 503}, {"count", 1}});
+  auto r = c->post("/generate", small_request(true));
+  EXPECT_EQ(r.status, 503u) << r.body;
+  EXPECT_TRUE(parse_json(r.body).is_object()) << r.body;
+  expect_clean_and_serving(*c);
+}
+
 TEST(Faults, ClientLeavingAStreamCancelsBothLegs) {
   auto c = cluster::start(1, 1);
   post_json(*c->decode[0], "/slow_down", {{"forward_sleep_time", 0.05}});
