@@ -114,8 +114,11 @@ void engine::submit(const request_ptr& r) {
   } else {
     r->ph = phase::waiting_kv;
     ++waiting_kv_n_;
+    // The completion handler holds the request too: the cancellation signal bound to the
+    // operation lives inside it and must outlive the operation (co_spawn clears the slot after the
+    // coroutine frame, which may hold the last other reference, is gone; UBSan caught it).
     net::co_spawn(ioc_, fetch_kv(r),
-                  net::bind_cancellation_slot(r->kv_cancel.slot(), [](std::exception_ptr e) {
+                  net::bind_cancellation_slot(r->kv_cancel.slot(), [r](std::exception_ptr e) {
                     log_exception("KV fetch", e);
                   }));
   }
