@@ -22,7 +22,7 @@ sanitizer_flags=(-DCMAKE_BUILD_TYPE=None "-DCMAKE_CXX_FLAGS=-O1 -g1 -DNDEBUG")
 run_suite() {
   local dir=$1
   echo "=== test $dir"
-  ctest --test-dir "$dir" --output-on-failure -j "$jobs" --timeout 600
+  ctest --test-dir "$dir" --output-on-failure -j "${suite_jobs:-$jobs}" --timeout 600
 }
 
 configure_and_build build -DCMAKE_BUILD_TYPE=Release
@@ -36,10 +36,11 @@ echo "=== benchmark smoke (correctness of every contender, no performance assert
 PDLB_BUILD_DIR=build ./bench/smoke.sh
 
 targets=$sanitizer_targets configure_and_build build-asan "${sanitizer_flags[@]}" -DPDLB_SANITIZE=address,undefined
-ASAN_OPTIONS=detect_leaks=1:abort_on_error=1 UBSAN_OPTIONS=halt_on_error=1:print_stacktrace=1 run_suite build-asan
+# Sanitized processes are several times slower: one test at a time keeps timing-bound tests honest.
+suite_jobs=1 ASAN_OPTIONS=detect_leaks=1:abort_on_error=1 UBSAN_OPTIONS=halt_on_error=1:print_stacktrace=1 run_suite build-asan
 
 targets=$sanitizer_targets configure_and_build build-tsan "${sanitizer_flags[@]}" -DPDLB_SANITIZE=thread
-TSAN_OPTIONS=halt_on_error=1:second_deadlock_stack=1 run_suite build-tsan
+suite_jobs=1 TSAN_OPTIONS=halt_on_error=1:second_deadlock_stack=1 run_suite build-tsan
 
 echo "=== build build-fuzz"
 cmake -S . -B build-fuzz -G Ninja -DCMAKE_BUILD_TYPE=RelWithDebInfo -DCMAKE_CXX_COMPILER=clang++-14 \

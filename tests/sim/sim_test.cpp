@@ -665,7 +665,8 @@ TEST(SimInfo, ServerInfoLoadModelsAndWaitTimeout) {
 TEST(SimProcess, SigtermExitsZeroPromptly) {
   auto decode = sim_worker::start("decode", fast_decode);
   decode->process().signal(SIGTERM);
-  EXPECT_EQ(decode->process().wait_exit(5s), 0);
+  // Normally tens of milliseconds; the bound is generous for sanitizer builds on a busy machine.
+  EXPECT_EQ(decode->process().wait_exit(20s), 0);
 }
 
 }  // namespace
