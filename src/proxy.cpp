@@ -25,8 +25,7 @@ namespace pdlb {
 namespace {
 
 constexpr std::size_t admin_body_limit = 64 * 1024 * 1024;
-constexpr std::size_t relay_chunk = upstream_scratch_size;
-char* relay_scratch() { return upstream_scratch(); }
+
 constexpr auto tuple_awaitable = net::as_tuple(net::use_awaitable);
 
 // How a leg ended. Failures are values, not exceptions: the parallel group's cancellation
@@ -517,8 +516,8 @@ net::awaitable<void> load_balancer::handle_pd(exchange& ex, std::string_view pat
     for (;;) {
       std::size_t n = 0;
       bool done = false;
-      char* buf = relay_scratch();
-      if (auto ec = co_await call.read_some(buf, relay_chunk, n, done))
+      char* buf = upstream_scratch();
+      if (auto ec = co_await call.read_some(buf, upstream_scratch_size, n, done))
         co_return prefill_outcome{failed_leg("prefill", p, call, ec)};
       if (want_logprobs && n) {
         splitter.feed(std::string_view(buf, n));
@@ -574,8 +573,8 @@ net::awaitable<void> load_balancer::handle_pd(exchange& ex, std::string_view pat
       if (want_logprobs && !prefill_ready.ready) co_await prefill_ready.wait();
       std::size_t n = 0;
       bool done = false;
-      char* buf = relay_scratch();
-      if (auto ec = co_await call.read_some(buf, relay_chunk, n, done))
+      char* buf = upstream_scratch();
+      if (auto ec = co_await call.read_some(buf, upstream_scratch_size, n, done))
         co_return decode_outcome{failed_leg("decode", d, call, ec)};
       // From here to the write below, no co_await but the (copying) client write.
       std::string_view piece(buf, n);

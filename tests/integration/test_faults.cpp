@@ -48,7 +48,7 @@ TEST(Faults, PrefillErrorStatusReachesClientAndCancelsDecode) {
   expect_clean_and_serving(*c);
 }
 
-TEST(Faults, PrefillRefusingConnectionsGives502AndCancelsDecode) {
+TEST(Faults, PrefillRefusingConnectionsGives502AndLeavesNoDecodeWork) {
   auto c = cluster::start(1, 1);
   post_json(*c->prefill[0], "/sim/fault", {{"refuse_connections", true}});
   auto r = c->post("/generate", small_request());

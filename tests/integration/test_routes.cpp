@@ -184,7 +184,7 @@ TEST_F(Routes, ReturnLogprobStreamMergesIntoEveryEvent) {
   }
 }
 
-TEST_F(Routes, UnicodeBigNumbersAndNestingReachTheWorkerUnchanged) {
+TEST_F(Routes, BodyWithBigNumbersAndNestingIsForwardedWithTheUnicodePromptUnchanged) {
   // The sim echoes nothing, but its output is a deterministic function of the prompt: the same
   // prompt sent directly and through pdlb gives the same text only if it arrived unchanged.
   std::string prompt = "héllo wörld ✓ 你好 \"quoted\" \\ back";
