@@ -22,6 +22,7 @@
 #include <spdlog/spdlog.h>
 
 #include <sys/socket.h>
+#include <unistd.h>
 
 #include <array>
 #include <cerrno>
@@ -337,6 +338,15 @@ net::awaitable<void> run_guarded(const handler_fn& handler, exchange_impl& ex) {
   }
 }
 
+void log_session_exception(const std::string& name, std::exception_ptr e) {
+  if (!e) return;
+  try {
+    std::rethrow_exception(e);
+  } catch (const std::exception& ex) {
+    spdlog::error("{}: session ended by exception: {}", name, ex.what());
+  }
+}
+
 bool is_resource_exhaustion(const error_code& ec) {
   return ec == net::error::no_descriptors || ec == net::error::no_buffer_space ||
          ec == net::error::no_memory || ec.value() == ENFILE;
@@ -369,14 +379,7 @@ net::awaitable<void> http_server::impl::accept_loop() {
     error_code ignored;
     socket.set_option(tcp::no_delay(true), ignored);
     net::co_spawn(*contexts[index], run_session(std::move(socket), index),
-                  [name = opts.name](std::exception_ptr e) {
-                    if (!e) return;
-                    try {
-                      std::rethrow_exception(e);
-                    } catch (const std::exception& ex) {
-                      spdlog::error("{}: session ended by exception: {}", name, ex.what());
-                    }
-                  });
+                  [name = opts.name](std::exception_ptr e) { log_session_exception(name, e); });
   }
 }
 
@@ -619,6 +622,24 @@ void http_server::shutdown(std::chrono::milliseconds grace, std::function<void()
 void http_server::release() {
   for (std::size_t i = 0; i < impl_->contexts.size(); ++i)
     net::post(*impl_->contexts[i], [this, i] { impl_->guards[i].reset(); });
+}
+
+void http_server::serve_connection(int fd) {
+  std::size_t index = impl_->next_thread.fetch_add(1, std::memory_order_relaxed) % impl_->contexts.size();
+  auto& ioc = *impl_->contexts[index];
+  net::post(ioc, [this, fd, index, &ioc] {
+    tcp::socket socket(ioc);
+    error_code ec;
+    socket.assign(tcp::v4(), fd, ec);  // the protocol object is not checked against the fd
+    if (ec) {
+      ::close(fd);
+      spdlog::error("{}: cannot serve fd {}: {}", impl_->opts.name, fd, ec.message());
+      return;
+    }
+    socket.set_option(tcp::no_delay(true), ec);  // fails harmlessly on a non-TCP socket
+    net::co_spawn(ioc, impl_->run_session(std::move(socket), index),
+                  [name = impl_->opts.name](std::exception_ptr e) { log_session_exception(name, e); });
+  });
 }
 
 void http_server::stop_accepting() {

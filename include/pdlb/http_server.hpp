@@ -137,6 +137,11 @@ class http_server {
   /// returning when called on thread 0. Errors are logged (the port may have been taken meanwhile).
   void resume_accepting();
 
+  /// Serves an already-connected stream socket as if it had been accepted, on the next thread in
+  /// turn; takes ownership of `fd` (closed on error). Any connected stream socket works, one end of
+  /// a socketpair included: the session fuzzer drives whole requests through it without a network.
+  void serve_connection(int fd);
+
   /// Number of requests being handled right now (all threads).
   std::size_t in_flight() const;
   /// Number of open client connections (all threads).
