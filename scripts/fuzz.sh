@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Runs every libFuzzer target for a while, each from its seed corpus in tests/fuzz/corpus.
 #   scripts/fuzz.sh [BUILD_DIR] [SECONDS_PER_TARGET]     (defaults: build-fuzz 30)
+#   PDLB_FUZZ_TARGETS="fuzz_sse fuzz_rewrite" scripts/fuzz.sh ...   runs only those targets
 # Build first:  cmake -S . -B build-fuzz -G Ninja -DCMAKE_CXX_COMPILER=clang++-14 -DPDLB_FUZZ=ON -DPDLB_BUILD_TESTS=OFF
 #               ninja -C build-fuzz pdlb_fuzz
 # New inputs go to a scratch directory, not the source tree. A finding stops the run (exit 1) and
@@ -11,7 +12,7 @@ dir=${1:-build-fuzz}
 secs=${2:-30}
 scratch=$(mktemp -d /tmp/pdlb-fuzz.XXXXXX)
 status=0
-for target in fuzz_json_scan fuzz_rewrite fuzz_sse fuzz_logprob_merge; do
+for target in ${PDLB_FUZZ_TARGETS:-fuzz_json_scan fuzz_rewrite fuzz_sse fuzz_logprob_merge}; do
   bin=$(find "$dir" -name "$target" -type f -perm -u+x | head -1)
   if [ -z "$bin" ]; then
     echo "fuzz: $target not built in $dir" >&2

@@ -8,18 +8,19 @@
 #include <boost/asio/this_coro.hpp>
 #include <boost/asio/use_awaitable.hpp>
 #include <boost/asio/write.hpp>
+#include <boost/beast/core/buffers_suffix.hpp>
 #include <boost/beast/core/flat_buffer.hpp>
 #include <boost/beast/core/tcp_stream.hpp>
 #include <boost/beast/http/buffer_body.hpp>
 #include <boost/beast/http/error.hpp>
 #include <boost/beast/http/parser.hpp>
-#include <boost/beast/http/read.hpp>
 
 #include <sys/socket.h>
 
 #include <algorithm>
 #include <array>
 #include <cerrno>
+#include <cstring>
 #include <optional>
 #include <vector>
 
@@ -32,6 +33,8 @@ using clock_type = std::chrono::steady_clock;
 
 namespace {
 constexpr auto tuple_awaitable = net::as_tuple(net::use_awaitable);
+// Room for the first read of a response: a small answer's header and body fit in one read.
+constexpr std::size_t header_read_size = 512;
 
 class upstream_category_impl final : public boost::system::error_category {
  public:
@@ -58,6 +61,23 @@ char* upstream_scratch() {
   thread_local std::unique_ptr<char[]> buf(new char[upstream_scratch_size]);
   return buf.get();
 }
+
+namespace {
+
+// The calling thread's buffer for raw bytes read from worker sockets (chunk framing and all),
+// parsed into the caller's buffer before any suspension. Separate from upstream_scratch(), which
+// is usually that caller's buffer.
+constexpr std::size_t socket_scratch_size = 64 * 1024;
+char* socket_scratch() {
+  thread_local std::unique_ptr<char[]> buf(new char[socket_scratch_size]);
+  return buf.get();
+}
+
+// Unparsed bytes up to this size (a partial chunk header, the CRLF ending a chunk) are carried
+// into the socket scratch for the next read; more than that is read in the connection's own buffer.
+constexpr std::size_t small_leftover = 4096;
+
+}  // namespace
 
 // ---------------------------------------------------------------------------------------------
 // conn_limiter
@@ -227,8 +247,9 @@ struct upstream_call::impl {
 
   impl(upstream_host::impl& h, std::size_t t) : host(h), thread(t) {}
 
-  // Waits until the connection has bytes to read (or EOF), at most the response timeout.
-  net::awaitable<error_code> wait_readable() {
+  // The connection's deadline for one wait: when it passes, the socket's pending operations are
+  // cancelled and disarm() reports it. One timer per connection, re-armed per wait.
+  void arm_deadline() {
     auto& c = *conn;
     c.timed_out = false;
     const auto generation = ++c.wait_generation;
@@ -240,10 +261,70 @@ struct upstream_call::impl {
       error_code ignored;
       c.stream.socket().cancel(ignored);
     });
-    auto [ec] = co_await c.stream.socket().async_wait(tcp::socket::wait_read, tuple_awaitable);
+  }
+  // Ends the wait's deadline; true if it had passed.
+  bool disarm_deadline() {
+    auto& c = *conn;
+    ++c.wait_generation;
     c.timer.cancel();
-    if (c.timed_out) co_return beast::error::timeout;
+    return c.timed_out;
+  }
+
+  // Waits until the connection has bytes to read (or EOF), at most the response timeout.
+  net::awaitable<error_code> wait_readable() {
+    arm_deadline();
+    auto [ec] = co_await conn->stream.socket().async_wait(tcp::socket::wait_read, tuple_awaitable);
+    if (disarm_deadline()) co_return beast::error::timeout;
     co_return ec;
+  }
+
+  // Sends a request: written at once when it fits the socket buffer (the usual case: no timer, no
+  // suspension), the rest asynchronously within the response timeout.
+  template <class Buffers>
+  net::awaitable<error_code> send(const Buffers& bufs) {
+    auto& socket = conn->stream.socket();  // non-blocking (see connect)
+    const std::size_t total = net::buffer_size(bufs);
+    error_code ec;
+    std::size_t sent = socket.write_some(bufs, ec);
+    if (ec == net::error::would_block || ec == net::error::try_again) {
+      ec = {};
+      sent = 0;
+    }
+    if (ec || sent == total) co_return ec;
+    beast::buffers_suffix<Buffers> rest(bufs);
+    rest.consume(sent);
+    arm_deadline();
+    auto [wec, n] = co_await net::async_write(socket, rest, tuple_awaitable);
+    if (disarm_deadline()) co_return beast::error::timeout;
+    co_return wec;
+  }
+
+  // Reads until the response header is parsed; body bytes that came with it (often the whole of a
+  // small answer) stay in the connection's buffer for read_some(). Errors are Beast's, as
+  // http::async_read_header would give them: end_of_stream if the connection closed before any
+  // byte came, partial_message if it closed within the header.
+  net::awaitable<error_code> read_header() {
+    auto& c = *conn;
+    auto& p = *parser;
+    for (;;) {
+      if (c.buffer.size() > 0) {
+        error_code ec;
+        std::size_t used = p.put(c.buffer.data(), ec);
+        c.buffer.consume(used);
+        if (p.is_header_done()) co_return error_code{};
+        if (ec && ec != http::error::need_more) co_return ec;
+      }
+      arm_deadline();
+      auto [ec, n] = co_await c.stream.socket().async_read_some(c.buffer.prepare(header_read_size),
+                                                                tuple_awaitable);
+      const bool expired = disarm_deadline();
+      c.buffer.commit(n);
+      if (expired) co_return beast::error::timeout;
+      if (ec == net::error::eof)
+        co_return p.got_some() || c.buffer.size() > 0 ? http::error::partial_message
+                                                      : http::error::end_of_stream;
+      if (ec) co_return ec;
+    }
   }
 
   std::unique_ptr<pooled_conn> take_idle() {
@@ -357,10 +438,8 @@ net::awaitable<error_code> upstream_call::start(std::string_view method, std::st
     }
     auto& c = *impl_->conn;
     phase_ = phase::send;
-    c.stream.expires_after(h.opts.response_timeout);
     std::array<net::const_buffer, 2> bufs{net::buffer(head), net::buffer(body.data(), body.size())};
-    auto [wec, wn] = co_await net::async_write(c.stream, bufs, tuple_awaitable);
-    if (wec) {
+    if (auto wec = co_await impl_->send(bufs)) {
       impl_->conn.reset();
       if (reused && attempt == 0 && wec != beast::error::timeout &&
           wec != net::error::operation_aborted)
@@ -371,9 +450,7 @@ net::awaitable<error_code> upstream_call::start(std::string_view method, std::st
     impl_->parser.emplace();
     impl_->parser->header_limit(h.opts.header_limit);
     impl_->parser->body_limit(boost::none);
-    c.stream.expires_after(h.opts.response_timeout);
-    auto [rec, rn] = co_await http::async_read_header(c.stream, c.buffer, *impl_->parser, tuple_awaitable);
-    if (rec) {
+    if (auto rec = co_await impl_->read_header()) {
       bool nothing_came = !impl_->parser->got_some() && c.buffer.size() == 0;
       impl_->conn.reset();
       impl_->parser.reset();
@@ -399,10 +476,11 @@ unsigned upstream_call::status() const { return impl_->status; }
 std::string_view upstream_call::content_type() const { return impl_->content_type; }
 
 // Body bytes are read without holding a buffer while the worker is silent: wait until the socket
-// is readable (no memory), read what is there in one non-blocking call into the connection's
-// buffer (up to 64 KB), parse it into the caller's buffer, and give the memory back once it is
-// consumed. An SSE stream that trickles one event at a time costs no resident buffer per stream;
-// a burst is read 64 KB at a time instead of Beast's default 512 bytes.
+// is readable (no memory), read what is there in one non-blocking call into the thread's socket
+// scratch (up to 64 KB), parse it into the caller's buffer, and keep only the few unparsed bytes
+// (the CRLF that ends a chunk is parsed with the next chunk's header) in the connection's buffer,
+// shrunk to fit. An SSE stream that trickles one event at a time then holds a few bytes per stream
+// instead of a 64 KB read buffer, and a burst is read 64 KB at a time instead of Beast's 512 bytes.
 net::awaitable<error_code> upstream_call::read_some(char* buf, std::size_t cap, std::size_t& n,
                                                     bool& done) {
   n = 0;
@@ -415,35 +493,70 @@ net::awaitable<error_code> upstream_call::read_some(char* buf, std::size_t cap, 
     impl_->conn.reset();
     return ec;
   };
-  for (;;) {
-    // Parse what is buffered into the caller's buffer.
-    while (c.buffer.size() > 0 && n < cap && !p.is_done()) {
+  // Parses [data, data + len) into the caller's buffer; returns the bytes used. Stops when the
+  // caller's buffer is full, the parser needs more bytes, or the body ended.
+  auto feed = [&](const char* data, std::size_t len, error_code& ec) {
+    std::size_t used_total = 0;
+    while (used_total < len && n < cap && !p.is_done()) {
       p.get().body().data = buf + n;
       p.get().body().size = cap - n;
-      error_code ec;
-      std::size_t used = p.put(c.buffer.data(), ec);
-      c.buffer.consume(used);
+      std::size_t used = p.put(net::buffer(data + used_total, len - used_total), ec);
+      used_total += used;
       n = cap - p.get().body().size;
-      if (ec == http::error::need_buffer) break;  // the caller's buffer is full
-      if (ec == http::error::need_more) break;    // a partial chunk header: read more
-      if (ec) co_return fail(upstream_errc::bad_response);
-      if (used == 0) break;
+      if (ec == http::error::need_buffer || ec == http::error::need_more) {
+        ec = {};
+        break;
+      }
+      if (ec || used == 0) break;
     }
-    if (c.buffer.size() == 0 && c.buffer.capacity() > 4096) c.buffer.shrink_to_fit();
+    return used_total;
+  };
+  auto finished = [&] {
+    impl_->body_done = done = true;
+    phase_ = phase::done;
+  };
+  for (;;) {
+    // Bytes kept from before (the rest of a header read, or an unparsed tail) come first.
+    if (c.buffer.size() > 0 && n < cap) {
+      error_code ec;
+      auto d = c.buffer.data();
+      c.buffer.consume(feed(static_cast<const char*>(d.data()), d.size(), ec));
+      if (ec) co_return fail(upstream_errc::bad_response);
+    }
     if (p.is_done()) {
-      impl_->body_done = done = true;
-      phase_ = phase::done;
+      finished();
       co_return error_code{};
     }
     if (n > 0) co_return error_code{};
 
     // Nothing to hand out yet: read from the socket, waiting for it only when it has nothing.
     error_code rec;
-    auto space = c.buffer.prepare(65536);
-    std::size_t got = c.stream.socket().read_some(space, rec);
-    c.buffer.commit(got);
+    std::size_t got = 0;
+    const std::size_t keep = c.buffer.size();
+    if (keep <= small_leftover) {
+      char* raw = socket_scratch();
+      if (keep) std::memcpy(raw, c.buffer.data().data(), keep);
+      got = c.stream.socket().read_some(net::buffer(raw + keep, socket_scratch_size - keep), rec);
+      if (!rec) {
+        error_code ec;
+        const std::size_t used = feed(raw, keep + got, ec);
+        if (ec) co_return fail(upstream_errc::bad_response);
+        c.buffer.clear();
+        if (used < keep + got) {
+          const std::size_t rest = keep + got - used;
+          net::buffer_copy(c.buffer.prepare(rest), net::buffer(raw + used, rest));
+          c.buffer.commit(rest);
+        }
+        continue;
+      }
+    } else {
+      // A large unparsed tail (the caller's buffer filled up): read behind it in place.
+      got = c.stream.socket().read_some(c.buffer.prepare(65536), rec);
+      c.buffer.commit(got);
+      if (!rec) continue;
+    }
     if (rec == net::error::would_block || rec == net::error::try_again) {
-      if (c.buffer.size() == 0) c.buffer.shrink_to_fit();
+      c.buffer.shrink_to_fit();  // keep only the unparsed bytes (often none) while waiting
       if (auto ec = co_await impl_->wait_readable()) co_return fail(ec);
       continue;
     }
@@ -452,14 +565,13 @@ net::awaitable<error_code> upstream_call::read_some(char* buf, std::size_t cap, 
       error_code ec;
       p.put_eof(ec);
       if (!ec && p.is_done()) {
-        impl_->body_done = done = true;
-        phase_ = phase::done;
+        finished();
         impl_->conn.reset();
         co_return error_code{};
       }
       co_return fail(http::error::partial_message);
     }
-    if (rec) co_return fail(rec);
+    co_return fail(rec);
   }
 }
 
