@@ -6,7 +6,8 @@
 #include <boost/asio/co_spawn.hpp>
 #include <boost/asio/dispatch.hpp>
 #include <boost/asio/executor_work_guard.hpp>
-#include <boost/asio/experimental/awaitable_operators.hpp>
+#include <boost/asio/bind_cancellation_slot.hpp>
+#include <boost/asio/cancellation_signal.hpp>
 #include <boost/asio/ip/tcp.hpp>
 #include <boost/asio/ip/v6_only.hpp>
 #include <boost/asio/post.hpp>
@@ -34,7 +35,6 @@
 namespace pdlb {
 
 using tcp = net::ip::tcp;
-using namespace net::experimental::awaitable_operators;
 namespace {
 constexpr auto tuple_awaitable = net::as_tuple(net::use_awaitable);
 }
@@ -112,6 +112,45 @@ void append_status_line(std::string& out, http::status status) {
   out += "\r\n";
 }
 
+// Watches a client connection while its handler runs, without a second coroutine: a one-byte
+// peek is left pending on the socket; if it reports the close (or a reset), the watch emits a
+// terminal cancellation into the session coroutine, whose slot is bound to `signal` when it is
+// spawned, so the handler's pending operation completes with operation_aborted and the next one
+// throws, as with any cancelled Asio coroutine. Bytes of a pipelined next request end the watch
+// (they stay in the kernel for the next read; a close behind them cannot be seen).
+// Shared with the pending peek's callback, which may run after the session is gone.
+struct client_watch {
+  net::cancellation_signal signal;
+  bool active = false;        // a handler runs
+  bool client_left = false;   // seen while active
+  std::uint64_t generation = 0;
+  char byte = 0;
+
+  static void begin(const std::shared_ptr<client_watch>& self, tcp::socket& socket) {
+    self->active = true;
+    self->client_left = false;
+    const auto generation = ++self->generation;
+    socket.async_receive(net::buffer(&self->byte, 1), tcp::socket::message_peek,
+                         [self, generation](error_code ec, std::size_t n) {
+                           if (!self->active || self->generation != generation) return;
+                           if (ec == net::error::operation_aborted) return;
+                           if (!ec && n > 0) return;  // a pipelined request: stop watching
+                           self->client_left = true;  // orderly close (eof) or an error
+                           self->signal.emit(net::cancellation_type::terminal);
+                         });
+  }
+  // Ends the watch after the handler returned; true if the client left meanwhile.
+  static bool end(const std::shared_ptr<client_watch>& self, tcp::socket& socket) {
+    self->active = false;
+    ++self->generation;
+    if (!self->client_left) {
+      error_code ignored;
+      socket.cancel(ignored);  // the pending peek, if any; its callback sees the new generation
+    }
+    return self->client_left;
+  }
+};
+
 }  // namespace
 
 struct http_server::impl {
@@ -133,7 +172,10 @@ struct http_server::impl {
   std::unique_ptr<net::steady_timer> grace_timer;
 
   net::awaitable<void> accept_loop();
-  net::awaitable<void> run_session(tcp::socket socket, std::size_t index);
+  net::awaitable<void> run_session(tcp::socket socket, std::size_t index,
+                                   std::shared_ptr<client_watch> watch);
+  // Spawns run_session with the watch's cancellation slot bound to it.
+  void spawn_session(tcp::socket socket, std::size_t index);
   void request_finished();
   void signal_drained();
   void close_connections(bool idle_only);
@@ -305,26 +347,6 @@ net::awaitable<void> write_server_error(connection& conn, const server_options& 
   co_await net::async_write(conn.stream, bufs, tuple_awaitable);
 }
 
-// Completes when the client closes (or resets) its connection, or when cancelled. Bytes from a
-// pipelined next request do not end it: they stay in the kernel for the next read.
-net::awaitable<void> watch_client_close(tcp::socket& socket) {
-  for (;;) {
-    auto [ec] = co_await socket.async_wait(tcp::socket::wait_read, tuple_awaitable);
-    if (ec) co_return;
-    char byte;
-    ssize_t n = ::recv(socket.native_handle(), &byte, 1, MSG_PEEK | MSG_DONTWAIT);
-    if (n == 0) co_return;  // orderly close
-    if (n < 0 && errno != EAGAIN && errno != EWOULDBLOCK && errno != EINTR) co_return;
-    if (n > 0) {
-      // A pipelined request is waiting. We cannot see a close behind it, so wait to be cancelled
-      // (when the handler finishes) instead of spinning on a readable socket.
-      net::steady_timer forever(socket.get_executor(), net::steady_timer::time_point::max());
-      co_await forever.async_wait(tuple_awaitable);
-      co_return;
-    }
-  }
-}
-
 net::awaitable<void> run_guarded(const handler_fn& handler, exchange_impl& ex) {
   try {
     co_await handler(ex);
@@ -354,6 +376,14 @@ bool is_resource_exhaustion(const error_code& ec) {
 
 }  // namespace
 
+void http_server::impl::spawn_session(tcp::socket socket, std::size_t index) {
+  auto watch = std::make_shared<client_watch>();
+  auto slot = watch->signal.slot();
+  net::co_spawn(*contexts[index], run_session(std::move(socket), index, watch),
+                net::bind_cancellation_slot(
+                    slot, [name = opts.name, watch](std::exception_ptr e) { log_session_exception(name, e); }));
+}
+
 net::awaitable<void> http_server::impl::accept_loop() {
   net::steady_timer backoff(acceptor->get_executor());
   auto last_warning = std::chrono::steady_clock::time_point{};
@@ -378,8 +408,7 @@ net::awaitable<void> http_server::impl::accept_loop() {
     }
     error_code ignored;
     socket.set_option(tcp::no_delay(true), ignored);
-    net::co_spawn(*contexts[index], run_session(std::move(socket), index),
-                  [name = opts.name](std::exception_ptr e) { log_session_exception(name, e); });
+    spawn_session(std::move(socket), index);
   }
 }
 
@@ -414,7 +443,8 @@ void http_server::impl::close_connections(bool idle_only) {
   }
 }
 
-net::awaitable<void> http_server::impl::run_session(tcp::socket socket, std::size_t index) {
+net::awaitable<void> http_server::impl::run_session(tcp::socket socket, std::size_t index,
+                                                    std::shared_ptr<client_watch> watch) {
   connection conn(std::move(socket));
   {
     // Writes are tried at once and only then awaited (exchange_impl::send), which needs a
@@ -522,9 +552,11 @@ net::awaitable<void> http_server::impl::run_session(tcp::socket socket, std::siz
     if (buffer.size() == 0 && buffer.capacity() > 4096) buffer.shrink_to_fit();
 
     exchange_impl ex(conn, parser.release(), index, opts);
-    auto winner = co_await (run_guarded(handler, ex) || watch_client_close(conn.stream.socket()));
-    if (winner.index() == 1) {
+    client_watch::begin(watch, conn.stream.socket());
+    co_await run_guarded(handler, ex);
+    if (client_watch::end(watch, conn.stream.socket())) {
       // The client went away: the handler was cancelled; nothing more can be written.
+      co_await net::this_coro::reset_cancellation_state();
       break;
     }
     if (!ex.responded()) {
@@ -637,8 +669,7 @@ void http_server::serve_connection(int fd) {
       return;
     }
     socket.set_option(tcp::no_delay(true), ec);  // fails harmlessly on a non-TCP socket
-    net::co_spawn(ioc, impl_->run_session(std::move(socket), index),
-                  [name = impl_->opts.name](std::exception_ptr e) { log_session_exception(name, e); });
+    impl_->spawn_session(std::move(socket), index);
   });
 }
 
