@@ -4,6 +4,11 @@
 
 #include <gmock/gmock.h>
 
+#include <sys/socket.h>
+#include <netinet/in.h>
+#include <arpa/inet.h>
+#include <unistd.h>
+
 #include <chrono>
 #include <future>
 #include <thread>
@@ -247,6 +252,57 @@ TEST(Faults, IdleUpstreamConnectionsAreClosedAfterTheIdleTimeoutWithoutTraffic) 
   }
   EXPECT_EQ(open, 0);
   EXPECT_EQ(c->post("/generate", small_request()).status, 200u);
+}
+
+// A worker whose TCP handshake never completes, made on loopback without privileges: a listener
+// with backlog 0 never accepts, and one connection already fills its accept queue, so Linux drops
+// every further SYN and connect() hangs (the client retransmits until it gives up).
+class unanswered_listener {
+ public:
+  unanswered_listener() {
+    listener_ = ::socket(AF_INET, SOCK_STREAM, 0);
+    sockaddr_in addr{};
+    addr.sin_family = AF_INET;
+    addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    socklen_t len = sizeof addr;
+    if (listener_ < 0 || ::bind(listener_, reinterpret_cast<sockaddr*>(&addr), len) != 0 ||
+        ::listen(listener_, 0) != 0 || ::getsockname(listener_, reinterpret_cast<sockaddr*>(&addr), &len) != 0)
+      throw std::runtime_error("unanswered_listener: cannot listen");
+    port_ = ntohs(addr.sin_port);
+    filler_ = ::socket(AF_INET, SOCK_STREAM, 0);
+    if (filler_ < 0 || ::connect(filler_, reinterpret_cast<sockaddr*>(&addr), len) != 0)
+      throw std::runtime_error("unanswered_listener: cannot fill the accept queue");
+  }
+  ~unanswered_listener() {
+    ::close(filler_);
+    ::close(listener_);
+  }
+  std::string url() const { return "http://127.0.0.1:" + std::to_string(port_); }
+
+ private:
+  int listener_ = -1;
+  int filler_ = -1;
+  std::uint16_t port_ = 0;
+};
+
+TEST(Faults, PrefillWhoseHandshakeNeverCompletesGives504AfterConnectTimeoutAndCancelsDecode) {
+  unanswered_listener hole;
+  auto decode = sim_worker::start("decode", fast_sim_args());
+  auto lb = pdlb_process::start({"--prefill", hole.url(), "--prefill-bootstrap-ports", "9",
+                                 "--decode", decode->url(), "--connect-timeout", "1"});
+  auto start = std::chrono::steady_clock::now();
+  auto r = http_request(lb->port(), "POST", "/generate", small_request().dump());
+  auto took = std::chrono::steady_clock::now() - start;
+  EXPECT_EQ(r.status, 504u) << r.body;
+  EXPECT_TRUE(is_error_body(r.body)) << r.body;
+  EXPECT_THAT(r.body, HasSubstr("connecting")) << r.body;
+  EXPECT_GE(took, 900ms);
+  EXPECT_LT(took, 5s);
+  // The decode leg was waiting for the KV cache; it is cancelled with the request.
+  EXPECT_TRUE(sim_wait(*decode, "min_aborted=1&active=0", 10s)) << decode->stats().dump();
+  auto stats = parse_json(http_request(lb->port(), "GET", "/pdlb/stats").body);
+  for (const char* pool : {"prefill", "decode"})
+    for (auto& w : stats[pool]) EXPECT_EQ(w["in_flight"], 0) << stats.dump();
 }
 
 }  // namespace
