@@ -222,6 +222,7 @@ struct pooled_conn {
   beast::tcp_stream stream;
   beast::flat_buffer buffer;
   std::shared_ptr<wait_deadline> deadline;
+  bool drained = false;  // the last body read left the socket empty (see read_some)
   clock_type::time_point idle_since;
   upstream_host::impl& host;
 };
@@ -616,12 +617,42 @@ net::awaitable<error_code> upstream_call::read_some(char* buf, std::size_t cap, 
     // Nothing to hand out yet: read from the socket, waiting for it only when it has nothing.
     error_code rec;
     std::size_t got = 0;
-    const std::size_t keep = c.buffer.size();
+    std::size_t keep = c.buffer.size();
     if (keep <= small_leftover) {
       char* raw = socket_scratch();
-      if (keep) std::memcpy(raw, c.buffer.data().data(), keep);
-      got = c.stream.socket().read_some(net::buffer(raw + keep, socket_scratch_size - keep), rec);
+      if (!c.drained) {
+        got = c.stream.socket().read_some(net::buffer(raw + keep, socket_scratch_size - keep), rec);
+        c.drained = !rec && got < socket_scratch_size - keep;
+      } else {
+        rec = net::error::would_block;  // the last read emptied the socket: do not try again
+      }
+      if (rec == net::error::would_block || rec == net::error::try_again) {
+        // Wait by reading: the next bytes land in `inbox`, in this coroutine's frame, so one system
+        // call both waits and reads and epoll is not re-armed (a streamed event costs one recv).
+        c.buffer.shrink_to_fit();  // keep only the unparsed bytes (often none) while waiting
+        char inbox[1024];
+        impl_->arm_deadline();
+        auto [wec, m] = co_await c.stream.socket().async_read_some(net::buffer(inbox), tuple_awaitable);
+        if (impl_->disarm_deadline()) co_return fail(beast::error::timeout);
+        rec = wec;
+        got = m;
+        // The scratch may have served other streams meanwhile: rebuild it from what this one kept.
+        raw = socket_scratch();
+        keep = c.buffer.size();
+        std::memcpy(raw + keep, inbox, m);
+        c.drained = !wec && m < sizeof inbox;
+        if (!wec && m == sizeof inbox) {
+          // A larger piece (an event longer than the inbox): take the rest now, so that the caller
+          // gets whole events rather than a first kilobyte.
+          error_code more_ec;
+          const std::size_t room = socket_scratch_size - keep - m;
+          const std::size_t more = c.stream.socket().read_some(net::buffer(raw + keep + m, room), more_ec);
+          if (!more_ec) got += more;
+          c.drained = more_ec == net::error::would_block || (!more_ec && more < room);
+        }
+      }
       if (!rec) {
+        if (keep) std::memcpy(raw, c.buffer.data().data(), keep);
         error_code ec;
         const std::size_t used = feed(raw, keep + got, ec);
         if (ec) co_return fail(upstream_errc::bad_response);
@@ -638,11 +669,11 @@ net::awaitable<error_code> upstream_call::read_some(char* buf, std::size_t cap, 
       got = c.stream.socket().read_some(c.buffer.prepare(65536), rec);
       c.buffer.commit(got);
       if (!rec) continue;
-    }
-    if (rec == net::error::would_block || rec == net::error::try_again) {
-      c.buffer.shrink_to_fit();  // keep only the unparsed bytes (often none) while waiting
-      if (auto ec = co_await impl_->wait_readable()) co_return fail(ec);
-      continue;
+      if (rec == net::error::would_block || rec == net::error::try_again) {
+        c.buffer.shrink_to_fit();
+        if (auto ec = co_await impl_->wait_readable()) co_return fail(ec);
+        continue;
+      }
     }
     if (rec == net::error::eof) {
       // A body delimited by the end of the connection ends here; any other body was cut short.
