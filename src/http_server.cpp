@@ -1,6 +1,7 @@
 #include "pdlb/http_server.hpp"
 
 #include "pdlb/json_escape.hpp"
+#include "pdlb/lazy_deadline.hpp"
 
 #include <boost/asio/as_tuple.hpp>
 #include <boost/asio/co_spawn.hpp>
@@ -53,31 +54,16 @@ struct connection {
   beast::tcp_stream stream;
   bool idle = true;  // waiting for the next request, nothing in flight
   // Deadline for reading a request. Unlike beast::tcp_stream's own timeout, which closes the
-  // socket, this one only cancels the read, so that a 408 can still be sent.
-  net::steady_timer read_timer;
-  bool read_timed_out = false;
-  std::uint64_t read_generation = 0;
+  // socket, this one only cancels the read, so that a 408 can still be sent. Checked lazily (see
+  // lazy_deadline): most requests arrive well within it, and arming a timer per read cost more.
+  lazy_deadline read_deadline;
 
   explicit connection(tcp::socket s)
-      : stream(std::move(s)), read_timer(stream.get_executor()) {}
+      : stream(std::move(s)), read_deadline(stream.get_executor(), stream.socket()) {}
 
-  void arm_read_deadline(std::chrono::milliseconds timeout) {
-    read_timed_out = false;
-    const auto generation = ++read_generation;
-    read_timer.expires_after(timeout);
-    read_timer.async_wait([this, generation](error_code ec) {
-      if (ec || generation != read_generation) return;  // the read ended first
-      read_timed_out = true;
-      error_code ignored;
-      stream.socket().cancel(ignored);
-    });
-  }
+  void arm_read_deadline(std::chrono::milliseconds timeout) { read_deadline.begin(timeout); }
   // Ends the deadline; true if it had expired (the read was cancelled by it).
-  bool disarm_read_deadline() {
-    ++read_generation;
-    read_timer.cancel();
-    return read_timed_out;
-  }
+  bool disarm_read_deadline() { return read_deadline.end(); }
 };
 
 struct thread_state {

@@ -1,5 +1,7 @@
 #include "pdlb/upstream.hpp"
 
+#include "pdlb/lazy_deadline.hpp"
+
 #include <boost/asio/as_tuple.hpp>
 #include <boost/asio/connect.hpp>
 #include <boost/asio/ip/tcp.hpp>
@@ -176,73 +178,23 @@ struct upstream_host::impl {
 
 namespace detail {
 
-// The response timeout of a connection's waits (for the response, for each piece of the body),
-// checked lazily: one timer per connection stays armed across waits, so a wait costs a clock read
-// rather than arming and cancelling a timer (each streamed event is a wait). When the timer fires
-// during a wait older than the timeout, the socket's operations are cancelled; during a younger
-// one it is set again for that wait's end; between waits it lapses until the next wait.
-// Shared with the timer's handler, which may run after the connection is gone.
-struct wait_deadline {
-  wait_deadline(const net::any_io_executor& ex, std::chrono::milliseconds t) : timer(ex), timeout(t) {}
-  net::steady_timer timer;
-  const std::chrono::milliseconds timeout;
-  pooled_conn* conn = nullptr;  // null once the connection is gone
-  bool armed = false;           // the timer has a pending wait
-  bool waiting = false;         // the connection waits for the worker
-  bool timed_out = false;
-  clock_type::time_point wait_started;
-
-  static void arm(const std::shared_ptr<wait_deadline>& d, clock_type::time_point at);
-  void begin(const std::shared_ptr<wait_deadline>& self) {
-    waiting = true;
-    timed_out = false;
-    wait_started = clock_type::now();
-    if (!armed) arm(self, wait_started + timeout);
-  }
-  // Ends a wait; true if the timeout cut it short.
-  bool end() {
-    waiting = false;
-    return timed_out;
-  }
-};
-
 struct pooled_conn {
   pooled_conn(const net::any_io_executor& ex, upstream_host::impl& h)
-      : stream(ex), deadline(std::make_shared<wait_deadline>(ex, h.opts.response_timeout)), host(h) {
-    deadline->conn = this;
+      : stream(ex), deadline(ex, stream.socket()), host(h) {
     host.open.fetch_add(1, std::memory_order_relaxed);
   }
   ~pooled_conn() {
-    deadline->conn = nullptr;
-    deadline->timer.cancel();
     error_code ignored;
     stream.socket().close(ignored);
     host.on_closed();
   }
   beast::tcp_stream stream;
+  lazy_deadline deadline;  // the response timeout of each wait for the worker
   beast::flat_buffer buffer;
-  std::shared_ptr<wait_deadline> deadline;
   bool drained = false;  // the last body read left the socket empty (see read_some)
   clock_type::time_point idle_since;
   upstream_host::impl& host;
 };
-
-void wait_deadline::arm(const std::shared_ptr<wait_deadline>& d, clock_type::time_point at) {
-  d->armed = true;
-  d->timer.expires_at(at);
-  d->timer.async_wait([d](error_code ec) {
-    d->armed = false;
-    if (ec || !d->conn || !d->waiting) return;  // cancelled, connection gone, or nothing to time
-    const auto due = d->wait_started + d->timeout;
-    if (clock_type::now() < due) {
-      arm(d, due);
-      return;
-    }
-    d->timed_out = true;
-    error_code ignored;
-    d->conn->stream.socket().cancel(ignored);
-  });
-}
 
 }  // namespace detail
 
@@ -352,9 +304,9 @@ struct upstream_call::impl {
   impl(upstream_host::impl& h, std::size_t t) : host(h), thread(t) {}
 
   // The response timeout around one wait (see wait_deadline).
-  void arm_deadline() { conn->deadline->begin(conn->deadline); }
+  void arm_deadline() { conn->deadline.begin(host.opts.response_timeout); }
   // Ends the wait; true if the timeout cut it short.
-  bool disarm_deadline() { return conn->deadline->end(); }
+  bool disarm_deadline() { return conn->deadline.end(); }
 
   // Waits until the connection has bytes to read (or EOF), at most the response timeout.
   net::awaitable<error_code> wait_readable() {
