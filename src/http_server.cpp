@@ -176,6 +176,7 @@ class exchange_impl final : public exchange {
       : conn_(conn), req_(std::move(req)), index_(index), opts_(opts) {
     keep_alive_ = req_.keep_alive();
     http10_ = req_.version() < 11;
+    head_ = req_.method() == http::verb::head;
   }
 
   const request& req() const override { return req_; }
@@ -204,7 +205,9 @@ class exchange_impl final : public exchange {
     append_connection_header(head);
     head.append(extra_headers.data(), extra_headers.size());
     head += "\r\n";
-    std::array<net::const_buffer, 2> bufs{net::buffer(head), net::buffer(body.data(), body.size())};
+    // A response to HEAD has the header of the response to GET, Content-Length included, and no
+    // content (RFC 9110 9.3.2): a body would be read as the start of the next response.
+    std::array<net::const_buffer, 2> bufs{net::buffer(head), net::buffer(body.data(), head_ ? 0 : body.size())};
     co_return co_await send(bufs);
   }
 
@@ -228,10 +231,12 @@ class exchange_impl final : public exchange {
     append_connection_header(head);
     head.append(extra_headers.data(), extra_headers.size());
     head += "\r\n";
+    if (head_) stream_ended_ = true;  // no content for HEAD: write_chunk/end_stream write nothing
     co_return co_await send(std::array<net::const_buffer, 1>{net::buffer(head)});
   }
 
   net::awaitable<error_code> write_chunk(std::string_view data) override {
+    if (head_ && streaming_) co_return error_code{};
     if (!streaming_ || stream_ended_) co_return net::error::operation_not_supported;
     if (data.empty()) co_return error_code{};
     if (http10_)
@@ -245,6 +250,7 @@ class exchange_impl final : public exchange {
   }
 
   net::awaitable<error_code> end_stream() override {
+    if (head_ && streaming_) co_return error_code{};
     if (!streaming_ || stream_ended_) co_return net::error::operation_not_supported;
     stream_ended_ = true;
     if (http10_) co_return error_code{};
@@ -314,6 +320,7 @@ class exchange_impl final : public exchange {
   const server_options& opts_;
   bool keep_alive_ = true;
   bool http10_ = false;
+  bool head_ = false;  // the request is HEAD: headers only
   bool responded_ = false;
   bool streaming_ = false;
   bool stream_ended_ = false;

@@ -1,5 +1,7 @@
 #include "pdlb/json_scan.hpp"
 
+#include "pdlb/json_escape.hpp"
+
 #include <bit>
 #include <cstring>
 
@@ -199,25 +201,6 @@ constexpr int hex_value(unsigned char c) {
   if (c >= 'a' && c <= 'f') return c - 'a' + 10;
   if (c >= 'A' && c <= 'F') return c - 'A' + 10;
   return -1;
-}
-
-// Length of the valid UTF-8 sequence at p (p[0] >= 0x80), or 0 if invalid (Unicode table 3-7: no
-// overlong forms, no surrogates, nothing above U+10FFFF).
-inline int utf8_sequence_length(const unsigned char* p, const unsigned char* end) {
-  const unsigned c = p[0];
-  auto cont = [&](std::ptrdiff_t i, unsigned lo, unsigned hi) {
-    return p + i < end && p[i] >= lo && p[i] <= hi;
-  };
-  if (c >= 0xC2 && c <= 0xDF) return cont(1, 0x80, 0xBF) ? 2 : 0;
-  if (c == 0xE0) return cont(1, 0xA0, 0xBF) && cont(2, 0x80, 0xBF) ? 3 : 0;
-  if ((c >= 0xE1 && c <= 0xEC) || c == 0xEE || c == 0xEF)
-    return cont(1, 0x80, 0xBF) && cont(2, 0x80, 0xBF) ? 3 : 0;
-  if (c == 0xED) return cont(1, 0x80, 0x9F) && cont(2, 0x80, 0xBF) ? 3 : 0;
-  if (c == 0xF0) return cont(1, 0x90, 0xBF) && cont(2, 0x80, 0xBF) && cont(3, 0x80, 0xBF) ? 4 : 0;
-  if (c >= 0xF1 && c <= 0xF3)
-    return cont(1, 0x80, 0xBF) && cont(2, 0x80, 0xBF) && cont(3, 0x80, 0xBF) ? 4 : 0;
-  if (c == 0xF4) return cont(1, 0x80, 0x8F) && cont(2, 0x80, 0xBF) && cont(3, 0x80, 0xBF) ? 4 : 0;
-  return 0;
 }
 
 // Nesting kinds for the explicit stack: one bit per level (1 = object), so no recursion and no heap.

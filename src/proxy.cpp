@@ -62,8 +62,12 @@ std::string describe_failure(std::string_view role, const worker& w, const upstr
 
 std::string snippet(std::string_view body) {
   constexpr std::size_t max = 512;
-  std::string s(body.substr(0, max));
-  if (body.size() > max) s += "...";
+  std::size_t cut = std::min(max, body.size());
+  // Cut on a character boundary: back off UTF-8 continuation bytes (at most three).
+  for (int i = 0; i < 3 && cut < body.size() && cut > 0 && (static_cast<unsigned char>(body[cut]) & 0xC0) == 0x80; ++i)
+    --cut;
+  std::string s(body.substr(0, cut));
+  if (body.size() > cut) s += "...";
   return s;
 }
 

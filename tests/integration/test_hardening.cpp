@@ -92,6 +92,28 @@ TEST_F(Hardening, PipelinedRequestsAreAnsweredInOrder) {
   EXPECT_EQ(conn.read_response().status, 404u);
 }
 
+TEST_F(Hardening, HeadResponsesCarryNoBodySoThePipelinedNextAnswerIsIntact) {
+  http_connection conn(c_->port());
+  conn.send_raw("HEAD /nope HTTP/1.1\r\nHost: x\r\n\r\n"
+                "GET /health HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n");
+  std::string all = conn.read_until_close();
+  auto end_of_first = all.find("\r\n\r\n");
+  ASSERT_NE(end_of_first, std::string::npos) << all;
+  EXPECT_THAT(all.substr(0, end_of_first), HasSubstr(" 404 "));
+  EXPECT_THAT(all.substr(0, end_of_first), HasSubstr("Content-Length: "));  // as the GET's would be
+  EXPECT_EQ(all.substr(end_of_first + 4, 15), "HTTP/1.1 200 OK") << all;
+}
+
+TEST_F(Hardening, ErrorBodyIsValidJsonForARequestPathWithInvalidUtf8) {
+  http_connection conn(c_->port());
+  conn.send_raw("GET /\xe3 HTTP/1.1\r\nHost: x\r\n\r\n");
+  auto r = conn.read_response();
+  EXPECT_EQ(r.status, 404u);
+  auto j = nlohmann::json::parse(r.body, nullptr, false);  // rejects invalid UTF-8
+  ASSERT_FALSE(j.is_discarded()) << r.body;
+  EXPECT_EQ(j["error"]["message"], "no route for /\xef\xbf\xbd");
+}
+
 TEST_F(Hardening, OversizedHeaderIs431) {
   http_connection conn(c_->port());
   conn.send("POST", "/generate", small_body, {{"X-Big", std::string(100 * 1024, 'a')}});
