@@ -14,6 +14,7 @@
 
 #include <charconv>
 #include <cmath>
+#include <cstring>
 #include <limits>
 #include <chrono>
 #include <optional>
@@ -50,10 +51,50 @@ std::string_view reason_phrase(unsigned status) {
   return {r.data(), r.size()};
 }
 
-void append_double(std::string& out, double v) {
-  char buf[32];
-  auto res = std::to_chars(buf, buf + sizeof buf, v, std::chars_format::fixed, 6);
+template <class Int>
+void append_int(std::string& out, Int v) {
+  char buf[24];
+  auto res = std::to_chars(buf, buf + sizeof buf, v);
   out.append(buf, res.ptr);
+}
+
+// Writers for the per-event path: they write at `p` (room reserved by the caller) and return the
+// end, so an event is built with memcpy of known sizes, not one string append per piece.
+template <std::size_t N>
+char* put(char* p, const char (&lit)[N]) {
+  std::memcpy(p, lit, N - 1);
+  return p + N - 1;
+}
+
+char* put(char* p, std::string_view s) {
+  if (!s.empty()) std::memcpy(p, s.data(), s.size());
+  return p + s.size();
+}
+
+template <class Int>
+char* put_int(char* p, Int v) {
+  return std::to_chars(p, p + 24, v).ptr;
+}
+
+// Seconds with 6 decimals ("0.012345"), as to_chars(fixed, 6) prints them, from integer
+// microseconds: no floating-point formatting on the per-event path. At most 27 bytes.
+char* put_seconds(char* p, clock::duration d) {
+  auto us = std::chrono::duration_cast<std::chrono::nanoseconds>(d).count();
+  us = us < 0 ? 0 : (us + 500) / 1000;
+  p = put_int(p, us / 1000000);
+  *p++ = '.';
+  auto rest = us % 1000000;
+  for (int i = 5; i >= 0; --i) {
+    p[i] = static_cast<char>('0' + rest % 10);
+    rest /= 10;
+  }
+  return p + 6;
+}
+
+// --stamp-events: the steady_clock time (CLOCK_MONOTONIC, comparable across processes on the
+// host) at which an event was built for writing, in nanoseconds.
+std::int64_t steady_ns(clock::time_point t) {
+  return std::chrono::duration_cast<std::chrono::nanoseconds>(t.time_since_epoch()).count();
 }
 
 std::string query_of(std::string_view target) {
@@ -168,11 +209,13 @@ struct item_output {
   request_ptr r;
   std::size_t index = 0;
   std::size_t sent = 0;      // tokens folded into the strings below
+  bool out_logprobs = false;  // keep out_lp (a /generate request with return_logprob)
+  std::string rid_json;       // the rid as a JSON string, escaped once
   std::string text;          // cumulative text
   std::string ids;           // "1,2,3"
   std::string out_lp;        // "[-0.1,5,null],..."
   std::string in_lp;         // input token logprobs, built once
-  std::string last_piece;    // text of the last token (empty for a stop token)
+  std::string_view last_piece;  // text of the last token (empty for a stop token)
   double last_logprob = 0;
   std::int32_t last_id = 0;
   bool final_sent = false;
@@ -187,17 +230,20 @@ struct item_output {
     std::int32_t id = output_token(r->seed, i);
     bool is_stop_token = sent == r->generated && r->ph == phase::done && r->finished_by_stop();
     last_id = id;
-    last_piece = is_stop_token ? std::string() : std::string(token_text(id));
+    // Token texts are static words (model.hpp), so a view is enough.
+    last_piece = is_stop_token ? std::string_view() : token_text(id);
     text += last_piece;
     if (!ids.empty()) ids.push_back(',');
-    ids += std::to_string(id);
+    append_int(ids, id);
     last_logprob = output_logprob(r->seed, i);
-    if (!out_lp.empty()) out_lp.push_back(',');
-    out_lp.push_back('[');
-    append_logprob(out_lp, last_logprob);
-    out_lp.push_back(',');
-    out_lp += std::to_string(id);
-    out_lp += ",null]";
+    if (out_logprobs) {
+      if (!out_lp.empty()) out_lp.push_back(',');
+      out_lp.push_back('[');
+      append_logprob(out_lp, last_logprob);
+      out_lp.push_back(',');
+      append_int(out_lp, id);
+      out_lp += ",null]";
+    }
   }
 };
 
@@ -305,10 +351,16 @@ struct api::impl {
   net::awaitable<void> handle_wait(exchange& ex);
   net::awaitable<void> handle_fault(exchange& ex);
 
-  std::string generate_event(const parsed_request& p, item_output& o, bool final_event);
-  std::string completion_chunk(const parsed_request& p, item_output& o, bool final_event);
-  std::string chat_chunk(const parsed_request& p, item_output& o, std::string_view delta,
-                         bool with_logprob, bool final_event);
+  // Output formats, appended to `out`. `stamp`: the write time of a streamed event
+  // (--stamp-events), added as sim_write_ns.
+  void append_generate_event(std::string& out, const parsed_request& p, item_output& o,
+                             bool final_event, clock::time_point now,
+                             std::optional<std::int64_t> stamp = std::nullopt);
+  void append_completion_chunk(std::string& out, const parsed_request& p, item_output& o,
+                               bool final_event, std::optional<std::int64_t> stamp);
+  void append_chat_chunk(std::string& out, const parsed_request& p, item_output& o,
+                         std::string_view delta, bool with_logprob, bool final_event,
+                         std::optional<std::int64_t> stamp);
   std::string usage_json(const parsed_request& p, const std::vector<item_output>& outs);
   std::string whole_body(const parsed_request& p, std::vector<item_output>& outs);
   std::string server_info();
@@ -463,42 +515,59 @@ std::variant<parsed_request, bad_request> api::impl::parse(route kind,
 // ---------------------------------------------------------------------------------------------
 // Output formats.
 
-std::string api::impl::generate_event(const parsed_request& p, item_output& o, bool final_event) {
+void api::impl::append_generate_event(std::string& out, const parsed_request& p, item_output& o,
+                                      bool final_event, clock::time_point now,
+                                      std::optional<std::int64_t> stamp) {
   const sim_request& r = *o.r;
-  std::string out;
-  out.reserve(128 + o.text.size() + o.ids.size() + (p.return_logprob ? o.out_lp.size() + o.in_lp.size() : 0));
+  std::string finish;  // only a final event has one
+  if (final_event) append_finish_reason(finish, r, o.sent);
+  // Fixed text (about 220 bytes at most), five numbers (at most 27 bytes each) and the variable
+  // parts.
+  const std::size_t bound = 256 + 5 * 27 + o.text.size() + o.ids.size() + o.rid_json.size() +
+                            finish.size() +
+                            (p.return_logprob ? o.out_lp.size() + o.in_lp.size() : 0);
+  const std::size_t start = out.size();
+  out.resize(start + bound);
+  char* w = out.data() + start;
   // Token texts are plain ASCII words (model.hpp), so the cumulative text needs no escaping scan.
-  out += "{\"text\":\"";
-  out += o.text;
-  out += "\",\"output_ids\":[";
-  out += o.ids;
-  out += "],\"meta_info\":{\"id\":";
-  append_json_string(out, r.rid);
-  out += ",\"finish_reason\":";
-  if (final_event) {
-    append_finish_reason(out, r, o.sent);
-  } else {
-    out += "null";
+  w = put(w, "{\"text\":\"");
+  w = put(w, o.text);
+  w = put(w, "\",\"output_ids\":[");
+  w = put(w, o.ids);
+  w = put(w, "],\"meta_info\":{\"id\":");
+  w = put(w, o.rid_json);
+  w = put(w, ",\"finish_reason\":");
+  w = final_event ? put(w, finish) : put(w, "null");
+  w = put(w, ",\"prompt_tokens\":");
+  w = put_int(w, r.input_len());
+  w = put(w, ",\"completion_tokens\":");
+  w = put_int(w, o.sent);
+  w = put(w, ",\"cached_tokens\":0,\"e2e_latency\":");
+  w = put_seconds(w, now - r.created);
+  if (stamp) {
+    w = put(w, ",\"sim_write_ns\":");
+    w = put_int(w, *stamp);
   }
-  out += ",\"prompt_tokens\":" + std::to_string(r.input_len());
-  out += ",\"completion_tokens\":" + std::to_string(o.sent);
-  out += ",\"cached_tokens\":0,\"e2e_latency\":";
-  append_double(out, std::chrono::duration<double>(clock::now() - r.created).count());
   if (p.return_logprob) {
-    out += ",\"input_token_logprobs\":[";
-    out += o.in_lp;
-    out += "],\"output_token_logprobs\":[";
-    out += o.out_lp;
-    out += "]";
+    w = put(w, ",\"input_token_logprobs\":[");
+    w = put(w, o.in_lp);
+    w = put(w, "],\"output_token_logprobs\":[");
+    w = put(w, o.out_lp);
+    w = put(w, "]");
   }
-  out += "}";
-  if (p.batch) out += ",\"index\":" + std::to_string(o.index);
-  out += "}";
-  return out;
+  w = put(w, "}");
+  if (p.batch) {
+    w = put(w, ",\"index\":");
+    w = put_int(w, o.index);
+  }
+  w = put(w, "}");
+  out.resize(static_cast<std::size_t>(w - out.data()));
 }
 
-// The end of an OpenAI stream chunk's choice: finish_reason, matched_stop, and no usage.
-static void append_chunk_end(std::string& out, const sim_request& r, bool final_event) {
+// The end of an OpenAI stream chunk's choice: finish_reason, matched_stop, no usage, and the
+// write time with --stamp-events.
+static void append_chunk_end(std::string& out, const sim_request& r, bool final_event,
+                             std::optional<std::int64_t> stamp) {
   out += ",\"finish_reason\":";
   out += final_event ? openai_finish_reason(r) : "null";
   out += ",\"matched_stop\":";
@@ -507,21 +576,30 @@ static void append_chunk_end(std::string& out, const sim_request& r, bool final_
   } else {
     out += "null";
   }
-  out += "}],\"usage\":null}";
+  out += "}],\"usage\":null";
+  if (stamp) {
+    out += ",\"sim_write_ns\":";
+    append_int(out, *stamp);
+  }
+  out += "}";
 }
 
-std::string api::impl::completion_chunk(const parsed_request& p, item_output& o, bool final_event) {
+void api::impl::append_completion_chunk(std::string& out, const parsed_request& p, item_output& o,
+                                        bool final_event, std::optional<std::int64_t> stamp) {
   const sim_request& r = *o.r;
-  std::string out = "{\"id\":";
-  append_json_string(out, r.rid);
-  out += ",\"object\":\"text_completion\",\"created\":" + std::to_string(now_unix()) + ",\"model\":";
+  out += "{\"id\":";
+  out += o.rid_json;
+  out += ",\"object\":\"text_completion\",\"created\":";
+  append_int(out, now_unix());
+  out += ",\"model\":";
   append_json_string(out, p.model);
   out += ",\"choices\":[{\"index\":0,\"text\":";
   append_json_string(out, o.last_piece);
   out += ",\"logprobs\":";
   if (p.completion_logprobs) {
-    out += "{\"text_offset\":[" + std::to_string(o.text.size() - o.last_piece.size()) +
-           "],\"token_logprobs\":[";
+    out += "{\"text_offset\":[";
+    append_int(out, o.text.size() - o.last_piece.size());
+    out += "],\"token_logprobs\":[";
     append_logprob(out, o.last_logprob);
     out += "],\"tokens\":[";
     append_json_string(out, token_text(o.last_id));
@@ -529,17 +607,18 @@ std::string api::impl::completion_chunk(const parsed_request& p, item_output& o,
   } else {
     out += "null";
   }
-  append_chunk_end(out, r, final_event);
-  return out;
+  append_chunk_end(out, r, final_event, stamp);
 }
 
-std::string api::impl::chat_chunk(const parsed_request& p, item_output& o, std::string_view delta,
-                                  bool with_logprob, bool final_event) {
+void api::impl::append_chat_chunk(std::string& out, const parsed_request& p, item_output& o,
+                                  std::string_view delta, bool with_logprob, bool final_event,
+                                  std::optional<std::int64_t> stamp) {
   const sim_request& r = *o.r;
-  std::string out = "{\"id\":";
-  append_json_string(out, r.rid);
-  out += ",\"object\":\"chat.completion.chunk\",\"created\":" + std::to_string(now_unix()) +
-         ",\"model\":";
+  out += "{\"id\":";
+  out += o.rid_json;
+  out += ",\"object\":\"chat.completion.chunk\",\"created\":";
+  append_int(out, now_unix());
+  out += ",\"model\":";
   append_json_string(out, p.model);
   out += ",\"choices\":[{\"index\":0,\"delta\":";
   out += delta;
@@ -551,7 +630,7 @@ std::string api::impl::chat_chunk(const parsed_request& p, item_output& o, std::
     out += ",\"bytes\":[";
     for (std::size_t i = 0; i < tok.size(); ++i) {
       if (i) out += ",";
-      out += std::to_string(static_cast<unsigned char>(tok[i]));
+      append_int(out, static_cast<unsigned>(static_cast<unsigned char>(tok[i])));
     }
     out += "],\"logprob\":";
     append_logprob(out, o.last_logprob);
@@ -559,8 +638,7 @@ std::string api::impl::chat_chunk(const parsed_request& p, item_output& o, std::
   } else {
     out += "null";
   }
-  append_chunk_end(out, r, final_event);
-  return out;
+  append_chunk_end(out, r, final_event, stamp);
 }
 
 std::string api::impl::usage_json(const parsed_request&, const std::vector<item_output>& outs) {
@@ -577,13 +655,18 @@ std::string api::impl::usage_json(const parsed_request&, const std::vector<item_
 
 std::string api::impl::whole_body(const parsed_request& p, std::vector<item_output>& outs) {
   if (p.kind == route::generate) {
-    if (!p.batch) return generate_event(p, outs[0], true);
-    std::string out = "[";
+    const auto now = clock::now();
+    std::string out;
+    if (!p.batch) {
+      append_generate_event(out, p, outs[0], true, now);
+      return out;
+    }
+    out = "[";
     parsed_request single = p;
     single.batch = false;  // batch results are a list, without "index"
     for (std::size_t i = 0; i < outs.size(); ++i) {
       if (i) out += ",";
-      out += generate_event(single, outs[i], true);
+      append_generate_event(out, single, outs[i], true, now);
     }
     out += "]";
     return out;
@@ -726,6 +809,8 @@ net::awaitable<void> api::impl::handle_generate(exchange& ex, route kind) {
     outs[i].r = p.items[i];
     outs[i].index = i;
     outs[i].r->wake = &sig;
+    append_json_string(outs[i].rid_json, outs[i].r->rid);
+    outs[i].out_logprobs = p.return_logprob && p.kind == route::generate;
     if (p.return_logprob && p.kind == route::generate &&
         opts.role == worker_role::prefill) {
       // SGLang reports no logprob for the first input token; the decode worker returns none
@@ -785,56 +870,62 @@ net::awaitable<void> api::impl::run_stream(exchange& ex, parsed_request& p,
   std::uint64_t token_events = 0;
   bool chat_started = false;
   std::string buf;
+  std::string delta;
   for (;;) {
     buf.clear();
     bool all_final = true;
     bool die_now = false;
+    // One clock reading per write: the events built now are written right after.
+    const auto now = clock::now();
+    const auto stamp =
+        opts.stamp_events ? std::optional<std::int64_t>(steady_ns(now)) : std::nullopt;
     if (p.kind == route::chat && !chat_started) {
       // The first chat chunk carries the role, as SGLang's does.
       chat_started = true;
-      buf += "data: ";
-      buf += chat_chunk(p, outs[0], "{\"role\":\"assistant\",\"content\":\"\"}", false, false);
-      buf += "\n\n";
+      buf.append("data: ", 6);
+      append_chat_chunk(buf, p, outs[0], "{\"role\":\"assistant\",\"content\":\"\"}", false, false,
+                        stamp);
+      buf.append("\n\n", 2);
     }
     for (auto& o : outs) {
       while (o.sent < o.r->generated && !die_now) {
         o.advance();
         bool final_event = o.last_token_is_final();
-        buf += "data: ";
+        buf.append("data: ", 6);
         switch (p.kind) {
           case route::generate:
-            buf += generate_event(p, o, final_event);
+            append_generate_event(buf, p, o, final_event, now, stamp);
             break;
           case route::completions:
-            buf += completion_chunk(p, o, final_event);
+            append_completion_chunk(buf, p, o, final_event, stamp);
             break;
           case route::chat: {
-            std::string delta = "{\"content\":";
+            delta = "{\"content\":";
             append_json_string(delta, o.last_piece);
             delta += "}";
-            buf += chat_chunk(p, o, delta, true, false);
+            append_chat_chunk(buf, p, o, delta, true, false, stamp);
             break;
           }
         }
-        buf += "\n\n";
+        buf.append("\n\n", 2);
         if (final_event) o.final_sent = p.kind != route::chat;
         if (die_after && ++token_events >= *die_after) die_now = true;
       }
       if (!o.final_sent && o.r->ph == phase::done && o.sent == o.r->generated && !die_now) {
         // A request that ended without a token to carry its finish reason: failure, abort, a
         // chat's closing chunk, or zero tokens.
-        buf += "data: ";
+        buf.append("data: ", 6);
         if (o.r->result == outcome::failed && p.kind != route::generate) {
           buf += error_response(o.r->error_status, reason_phrase(o.r->error_status), o.r->error);
         } else if (p.kind == route::generate) {
-          buf += generate_event(p, o, true);
+          append_generate_event(buf, p, o, true, now, stamp);
         } else if (p.kind == route::completions) {
-          o.last_piece.clear();
-          buf += completion_chunk(p, o, true);
+          o.last_piece = {};
+          append_completion_chunk(buf, p, o, true, stamp);
         } else {
-          buf += chat_chunk(p, o, "{}", false, true);
+          append_chat_chunk(buf, p, o, "{}", false, true, stamp);
         }
-        buf += "\n\n";
+        buf.append("\n\n", 2);
         o.final_sent = true;
       }
       all_final = all_final && o.final_sent;
@@ -919,6 +1010,7 @@ net::awaitable<void> api::impl::handle_wait(exchange& ex) {
   timeout = std::clamp(timeout, std::chrono::milliseconds(0), std::chrono::milliseconds(600000));
 
   wake_signal sig(co_await net::this_coro::executor);
+  sig.timed = true;
   sig.timer.expires_after(timeout);
   stat_waiter w{conds, &sig};
   eng.add_waiter(&w);

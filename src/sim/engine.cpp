@@ -6,6 +6,7 @@
 #include <boost/asio/bind_cancellation_slot.hpp>
 #include <boost/asio/co_spawn.hpp>
 #include <boost/asio/experimental/awaitable_operators.hpp>
+#include <boost/asio/post.hpp>
 #include <boost/asio/read_until.hpp>
 #include <boost/asio/this_coro.hpp>
 #include <boost/asio/use_awaitable.hpp>
@@ -59,9 +60,39 @@ void log_exception(const char* what, std::exception_ptr e) {
 
 }  // namespace
 
+void wake_signal::resume() {
+  if (!waiter) return;
+  handler_type h(std::move(*waiter));
+  waiter.reset();
+  // Everything runs on the one io_context, the coroutine's executor included. Posted as a plain
+  // function to the concrete executor: no type-erased dispatch through any_io_executor and no
+  // work-tracking wrapper around the handler (the server keeps the io_context running).
+  net::post(ioc, [h = std::move(h)]() mutable { std::move(h)(); });
+}
+
+namespace {
+
+// Cancellation of a parked wait_for (the client left): resume it; wait_for then sees the
+// cancellation and throws. The coroutine clears its slot when it resumes, so this never outlives
+// the wait.
+struct wake_cancel {
+  wake_signal* s;
+  void operator()(net::cancellation_type type) {
+    if (type != net::cancellation_type::none) s->resume();
+  }
+};
+
+}  // namespace
+
 net::awaitable<void> wait_for(wake_signal& s) {
   while (!s.pending) {
-    co_await s.timer.async_wait(tuple_awaitable);
+    co_await net::async_initiate<const net::use_awaitable_t<>&, void()>(
+        [&s](wake_signal::handler_type handler) {
+          auto slot = net::get_associated_cancellation_slot(handler);
+          if (slot.is_connected()) slot.template emplace<wake_cancel>(wake_cancel{&s});
+          s.waiter.emplace(std::move(handler));
+        },
+        net::use_awaitable);
     auto cs = co_await net::this_coro::cancellation_state;
     if (cs.cancelled() != net::cancellation_type::none)
       throw boost::system::system_error(net::error::operation_aborted);
@@ -233,6 +264,7 @@ net::awaitable<void> engine::fetch_kv(request_ptr r) {
   auto backoff = std::chrono::milliseconds(10);
   net::steady_timer pause(ex);
   std::string buf;
+  auto& idle = kv_idle_[host + " " + port];
   for (;;) {
     if (r->ph != phase::waiting_kv) co_return;
     auto now = clock::now();
@@ -244,50 +276,68 @@ net::awaitable<void> engine::fetch_kv(request_ptr r) {
     auto remaining = deadline - now;
     auto bounded = [&](clock::duration cap) { return std::min<clock::duration>(remaining, cap); };
 
-    // Resolve: IP literals directly, names through the resolver under a timeout.
-    std::vector<tcp::endpoint> endpoints;
-    error_code aec;
-    auto addr = net::ip::make_address(host, aec);
-    if (!aec) {
-      endpoints.emplace_back(addr, static_cast<std::uint16_t>(*r->bootstrap_port));
+    // A connection to this bootstrap server left idle by an earlier fetch, if any (SGLang's KV
+    // receivers keep theirs too); otherwise a new one.
+    std::unique_ptr<beast::tcp_stream> stream;
+    const bool reused = !idle.empty();
+    if (reused) {
+      stream = std::move(idle.back());
+      idle.pop_back();
     } else {
-      tcp::resolver resolver(ex);
-      net::steady_timer limit(ex, bounded(std::chrono::seconds(5)));
-      auto res = co_await (resolver.async_resolve(host, port, tuple_awaitable) ||
-                           limit.async_wait(tuple_awaitable));
-      if (res.index() == 0) {
-        auto [rec, results] = std::get<0>(res);
-        if (!rec)
-          for (auto& e : results) endpoints.push_back(e.endpoint());
+      // Resolve: IP literals directly, names through the resolver under a timeout.
+      std::vector<tcp::endpoint> endpoints;
+      error_code aec;
+      auto addr = net::ip::make_address(host, aec);
+      if (!aec) {
+        endpoints.emplace_back(addr, static_cast<std::uint16_t>(*r->bootstrap_port));
+      } else {
+        tcp::resolver resolver(ex);
+        net::steady_timer limit(ex, bounded(std::chrono::seconds(5)));
+        auto res = co_await (resolver.async_resolve(host, port, tuple_awaitable) ||
+                             limit.async_wait(tuple_awaitable));
+        if (res.index() == 0) {
+          auto [rec, results] = std::get<0>(res);
+          if (!rec)
+            for (auto& e : results) endpoints.push_back(e.endpoint());
+        }
+      }
+      if (!endpoints.empty() && r->ph == phase::waiting_kv) {
+        stream = std::make_unique<beast::tcp_stream>(ex);
+        stream->expires_after(bounded(std::chrono::seconds(2)));
+        auto [cec, ep] = co_await stream->async_connect(endpoints, tuple_awaitable);
+        if (cec) stream.reset();
       }
     }
 
     bool got = false;
-    if (!endpoints.empty() && r->ph == phase::waiting_kv) {
-      beast::tcp_stream stream(ex);
-      stream.expires_after(bounded(std::chrono::seconds(2)));
-      auto [cec, ep] = co_await stream.async_connect(endpoints, tuple_awaitable);
-      if (!cec && r->ph == phase::waiting_kv) {
-        std::string line = "WAIT " + room + "\n";
-        stream.expires_after(bounded(std::chrono::seconds(5)));
-        auto [wec, wn] = co_await net::async_write(stream, net::buffer(line), tuple_awaitable);
-        if (!wec && r->ph == phase::waiting_kv) {
-          // The prefill answers when the room is done; wait for it up to the waiting timeout.
-          stream.expires_at(deadline);
-          buf.clear();
-          auto [rec, rn] =
-              co_await net::async_read_until(stream, net::dynamic_buffer(buf), '\n', tuple_awaitable);
-          if (!rec && buf.compare(0, rn, "DONE " + room + "\n") == 0) got = true;
-        }
+    bool stale = false;  // a reused connection the prefill had closed: retry at once
+    if (stream && r->ph == phase::waiting_kv) {
+      std::string line = "WAIT " + room + "\n";
+      stream->expires_after(bounded(std::chrono::seconds(5)));
+      auto [wec, wn] = co_await net::async_write(*stream, net::buffer(line), tuple_awaitable);
+      stale = reused && wec && wec != beast::error::timeout;
+      if (!wec && r->ph == phase::waiting_kv) {
+        // The prefill answers when the room is done; wait for it up to the waiting timeout.
+        stream->expires_at(deadline);
+        buf.clear();
+        auto [rec, rn] = co_await net::async_read_until(*stream, net::dynamic_buffer(buf), '\n',
+                                                        tuple_awaitable);
+        if (!rec && buf.compare(0, rn, "DONE " + room + "\n") == 0) got = true;
+        stale = reused && buf.empty() &&
+                (rec == net::error::eof || rec == net::error::connection_reset);
       }
-      error_code ignored;
-      stream.socket().close(ignored);
     }
-    if (r->ph != phase::waiting_kv) co_return;
+    if (r->ph != phase::waiting_kv) co_return;  // aborted: the connection closes with `stream`
     if (got) {
+      if (buf.size() == std::string::size_type(buf.find('\n') + 1) && idle.size() < max_idle_kv) {
+        stream->expires_never();
+        idle.push_back(std::move(stream));
+      }
       kv_arrived(r);
       co_return;
     }
+    if (stale) continue;
+    stream.reset();
     // Refused, reset or not resolvable: the prefill may be starting or restarting; retry.
     pause.expires_after(bounded(backoff));
     co_await pause.async_wait(tuple_awaitable);
@@ -583,6 +633,7 @@ net::awaitable<void> engine::bootstrap_session(tcp::socket socket) {
     changed();
     if (!room_is_done(room)) {
       wake_signal sig(ex);
+      sig.timed = true;
       sig.timer.expires_after(wait_limit);
       room_waiters_[room].push_back(&sig);
       struct unregister {

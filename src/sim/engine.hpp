@@ -12,6 +12,8 @@
 #include <boost/asio/io_context.hpp>
 #include <boost/asio/ip/tcp.hpp>
 #include <boost/asio/steady_timer.hpp>
+#include <boost/asio/use_awaitable.hpp>
+#include <boost/beast/core/tcp_stream.hpp>
 #include <nlohmann/json_fwd.hpp>
 
 #include <chrono>
@@ -30,16 +32,31 @@ namespace net = boost::asio;
 using clock = std::chrono::steady_clock;
 
 /// A one-shot-at-a-time event for a handler coroutine: notify() may come before or during wait().
+///
+/// wait_for() parks the coroutine's completion handler in `waiter` and notify() posts it: a
+/// streamed token costs one post, not a timer cancel and re-arm through the timer queue (callgrind:
+/// 10 % fewer user-space instructions per event in the decode worker). `timer` serves the waits
+/// with a deadline (/sim/wait, the bootstrap server), which notify() ends too.
 struct wake_signal {
+  using handler_type = net::async_result<net::use_awaitable_t<>, void()>::handler_type;
+
   net::steady_timer timer;
+  bool timed = false;  ///< Set by a wait on `timer`, so notify() cancels it only then.
   bool pending = false;
+  std::optional<handler_type> waiter;  ///< The coroutine parked in wait_for(), if any.
+  net::io_context::executor_type ioc;  ///< Where it resumes (the one io_context).
 
   explicit wake_signal(const net::any_io_executor& ex)
-      : timer(ex, net::steady_timer::time_point::max()) {}
+      : timer(ex, net::steady_timer::time_point::max()),
+        ioc(static_cast<net::io_context&>(net::query(ex, net::execution::context))
+                .get_executor()) {}
   void notify() {
     pending = true;
-    timer.cancel();
+    resume();
+    if (timed) timer.cancel();
   }
+  /// Resumes the coroutine parked in wait_for(), if any: posted, never run inline.
+  void resume();
 };
 
 /// Waits for a notification; throws operation_aborted if the coroutine was cancelled (the client
@@ -173,6 +190,10 @@ class engine {
   double forward_sleep_s_ = 0;
   std::uint64_t kv_reserved_ = 0;      // decode: tokens reserved by running requests
   std::uint64_t kv_used_ = 0;          // decode: input + generated tokens of running requests
+
+  // Decode: idle connections to prefill bootstrap servers ("host port"), reused by later fetches.
+  static constexpr std::size_t max_idle_kv = 1024;  // per server; more are closed
+  std::unordered_map<std::string, std::vector<std::unique_ptr<boost::beast::tcp_stream>>> kv_idle_;
 
   // Prefill rooms and the bootstrap server.
   std::unique_ptr<net::ip::tcp::acceptor> bootstrap_acceptor_;

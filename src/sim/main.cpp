@@ -103,6 +103,9 @@ int main(int argc, char** argv) {
   app.add_option("--max-rooms", opts.max_rooms, "Prefill: finished rooms kept at most")
       ->check(CLI::PositiveNumber)
       ->capture_default_str();
+  app.add_flag("--stamp-events", opts.stamp_events,
+               "Add each streamed event's write time (steady_clock ns, CLOCK_MONOTONIC) as "
+               "sim_write_ns: meta_info.sim_write_ns on /generate, top level on /v1 chunks");
   app.add_option("--fail-status", opts.faults.fail_status,
                  "Fault: answer generate routes with this HTTP status");
   app.add_flag("--drop-connection", opts.faults.drop_connection,

@@ -50,6 +50,9 @@ struct sim_options {
   unsigned decode_log_interval = 40;    ///< Like SGLang's --decode-log-interval.
   double room_ttl_s = 600;              ///< How long a prefill keeps finished rooms.
   std::uint64_t max_rooms = 1'000'000;  ///< Bound on finished rooms kept.
+  /// Put each streamed event's write time (steady_clock ns) into it as sim_write_ns, so a client
+  /// on the same host can measure the event's one-way latency. Not SGLang's format: off by default.
+  bool stamp_events = false;
 
   fault_config faults;
 };

@@ -185,6 +185,28 @@ TEST(SimHandshake, NullBootstrapPortFailsTheDecodeAtOnce) {
   EXPECT_NE(r.body.find("bootstrap_port is null"), std::string::npos) << r.body;
 }
 
+TEST(SimHandshake, DecodeKeepsItsBootstrapConnectionAndRecoversWhenThePrefillRestarts) {
+  auto pd = pd_pair::start();
+  const auto bport = pd.prefill->bootstrap_port();
+  for (std::uint64_t room : {71, 72}) {  // the second item reuses the first one's connection
+    auto body = gen_body("reuse", 2, room, bport);
+    pd.prefill_done(body);
+    auto r = post(pd.decode->port(), "/generate", body);
+    ASSERT_EQ(r.status, 200u) << r.body;
+  }
+  // A new prefill on the same bootstrap port: the kept connection is dead; the decode notices and
+  // connects again instead of failing the item.
+  pd.prefill.reset();
+  pd.prefill =
+      sim_worker::start("prefill", args(fast_prefill, {"--bootstrap-port", std::to_string(bport)}));
+  auto body = gen_body("reuse", 2, 73, bport);
+  pd.prefill_done(body);
+  auto r = post(pd.decode->port(), "/generate", body);
+  EXPECT_EQ(r.status, 200u) << r.body;
+  auto s = pd.decode->wait("finished=3");
+  EXPECT_EQ(s["failed"], 0);
+}
+
 TEST(SimHandshake, IpV6LiteralInBracketsIsAccepted) {
   auto pd = pd_pair::start({}, {"--host", "::"});
   auto body = gen_body("v6", 2, 66, pd.prefill->bootstrap_port());
@@ -564,6 +586,53 @@ TEST(SimOutput, StreamTextIsCumulativeAndStopStringEndsWithStopReason) {
   EXPECT_EQ(out["meta_info"]["finish_reason"]["matched"], word);
   EXPECT_LE(out["meta_info"]["completion_tokens"].get<int>(), 3);
   EXPECT_EQ(out["text"].get<std::string>().find(" " + word), std::string::npos);
+}
+
+TEST(SimOutput, StampEventsPutsTheWriteTimeIntoStreamedEventsOnlyWhenAsked) {
+  auto pd = pd_pair::start();
+  auto stamping = sim_worker::start("decode", args(fast_decode, {"--stamp-events"}));
+  auto body = gen_body("stamp test", 4, 81, pd.prefill->bootstrap_port(), {{"stream", true}});
+  pd.prefill_done(body);
+  auto steady_ns = [] {
+    return std::chrono::duration_cast<std::chrono::nanoseconds>(
+               std::chrono::steady_clock::now().time_since_epoch())
+        .count();
+  };
+  // CLOCK_MONOTONIC is one clock for every process on the host: the stamps fall within the request.
+  const std::int64_t before = steady_ns();
+  auto events = sse_data(post(stamping->port(), "/generate", body).body);
+  const std::int64_t after = steady_ns();
+  ASSERT_EQ(events.size(), 5u);  // 4 tokens, [DONE]
+  std::int64_t prev = 0;
+  const std::regex placed(R"re("e2e_latency":\d+\.\d{6},"sim_write_ns":\d+\})re");
+  for (int i = 0; i < 4; ++i) {
+    EXPECT_TRUE(std::regex_search(events[i], placed)) << events[i];
+    auto m = json::parse(events[i])["meta_info"];
+    ASSERT_TRUE(m["sim_write_ns"].is_number_integer()) << events[i];
+    auto t = m["sim_write_ns"].get<std::int64_t>();
+    EXPECT_GE(t, before);
+    EXPECT_LE(t, after);
+    EXPECT_GE(t, prev);
+    prev = t;
+  }
+  // Without the flag, and in a non-stream answer: SGLang's format, no stamp.
+  EXPECT_EQ(post(pd.decode->port(), "/generate", body).body.find("sim_write_ns"),
+            std::string::npos);
+  body.erase("stream");
+  EXPECT_EQ(post(stamping->port(), "/generate", body).body.find("sim_write_ns"), std::string::npos);
+  // OpenAI chunks carry it at the top level.
+  json chat{{"model", "m"},
+            {"messages", {{{"role", "user"}, {"content", "stamp chat"}}}},
+            {"max_tokens", 2},
+            {"bootstrap_host", "127.0.0.1"},
+            {"bootstrap_port", pd.prefill->bootstrap_port()},
+            {"bootstrap_room", 82}};
+  ASSERT_EQ(post(pd.prefill->port(), "/v1/chat/completions", chat).status, 200u);
+  chat["stream"] = true;
+  auto chunks = sse_data(post(stamping->port(), "/v1/chat/completions", chat).body);
+  ASSERT_EQ(chunks.size(), 5u);  // role, 2 tokens, finish, [DONE]
+  for (int i = 0; i < 4; ++i)
+    EXPECT_TRUE(json::parse(chunks[i])["sim_write_ns"].is_number_integer()) << chunks[i];
 }
 
 TEST(SimOutput, OpenAiCompletionShapesStreamAndNot) {
