@@ -279,7 +279,7 @@ class Bench:
         p.port = port
         return p
 
-    def start_sims(self, tag, step_ms, max_running):
+    def start_sims(self, tag, step_ms, max_running, stamp=False):
         pre = self.procs.start(f"sim-prefill-{tag}", [self.sim, "--role", "prefill", "--port", "0",
                                                       "--bootstrap-port", "0", "--log-level", "warn"])
         m = wait_log(pre.log_path, r"pdlb-sim ready role=prefill http=127\.0\.0\.1:(\d+) bootstrap=(\d+)", pre)
@@ -287,10 +287,27 @@ class Bench:
         dec = self.procs.start(f"sim-decode-{tag}", [self.sim, "--role", "decode", "--port", "0",
                                                      "--step-base-ms", str(step_ms), "--step-per-req-ms", "0",
                                                      "--max-running-requests", str(max_running),
-                                                     "--log-level", "warn"])
+                                                     "--log-level", "warn"] + (["--stamp-events"] if stamp else []))
         m = wait_log(dec.log_path, r"pdlb-sim ready role=decode http=127\.0\.0\.1:(\d+)", dec)
         dec.port = int(m.group(1))
         return pre, dec
+
+    def start_relay(self, name, decode_port):
+        """nginx as a single-hop relay in front of a decode sim (bench/nginx/relay.conf.in)."""
+        port = free_ports(1)[0]
+        with open(os.path.join(HERE, "nginx", "relay.conf.in")) as f:
+            conf = f.read()
+        for k, v in {"@DIR@": self.tmp, "@WORKERS@": self.args.nginx_workers, "@PORT_DECODE@": decode_port,
+                     "@PORT_RELAY@": port}.items():
+            conf = conf.replace(k, str(v))
+        path = os.path.join(self.tmp, name + ".conf")
+        with open(path, "w") as f:
+            f.write(conf)
+        p = self.procs.start(name, ["nginx", "-p", self.tmp, "-c", path, "-e",
+                                    os.path.join(self.tmp, name + "-error.log")])
+        wait_port(port, proc=p)
+        p.port = port
+        return p
 
     def start_throughput_contenders(self, names):
         url = lambda k: f"http://127.0.0.1:{self.stub_port[k]}"
@@ -383,16 +400,28 @@ class Bench:
     # ---------------------------------------------------------------- latency
 
     def run_latency(self):
-        """Streams at one event per 20 ms: pdlb's added delay per event over direct PD (no proxy)."""
+        """Streams at one event per 20 ms: what a proxy adds to each event's one-way latency.
+
+        The decode sim stamps every event with its write time (--stamp-events: meta_info.sim_write_ns,
+        CLOCK_MONOTONIC ns); pdlb-bench subtracts it from the time its read of the event completed.
+        Contenders: direct (pdlb-bench --direct-pd: no proxy hop), nginx (the same, with the decode
+        half through an nginx relay: one best-in-class hop) and pdlb (both halves through it).
+        """
         a = self.args
-        pre, dec = self.start_sims("latency", 20, 8192)
-        lb = self.start_pdlb("pdlb-latency", f"http://127.0.0.1:{pre.port}", pre.bootstrap,
-                             f"http://127.0.0.1:{dec.port}")
-        contenders = {
-            "direct": ["--direct-pd", "--prefill", f"http://127.0.0.1:{pre.port}", "--bootstrap-port",
-                       str(pre.bootstrap), "--decode", f"http://127.0.0.1:{dec.port}"],
-            "pdlb": ["--url", f"http://127.0.0.1:{lb.port}"],
-        }
+        pre, dec = self.start_sims("latency", 20, 8192, stamp=True)
+        prefill_url = f"http://127.0.0.1:{pre.port}"
+        started = []
+        contenders = {"direct": ["--direct-pd", "--prefill", prefill_url, "--bootstrap-port", str(pre.bootstrap),
+                                 "--decode", f"http://127.0.0.1:{dec.port}"]}
+        if "nginx" in a.contenders:
+            relay = self.start_relay("nginx-relay", dec.port)
+            started.append(relay)
+            contenders["nginx"] = ["--direct-pd", "--prefill", prefill_url, "--bootstrap-port", str(pre.bootstrap),
+                                   "--decode", f"http://127.0.0.1:{relay.port}"]
+        if "pdlb" in a.contenders:
+            lb = self.start_pdlb("pdlb-latency", prefill_url, pre.bootstrap, f"http://127.0.0.1:{dec.port}")
+            started.append(lb)
+            contenders["pdlb"] = ["--url", f"http://127.0.0.1:{lb.port}"]
         for n in a.latency_streams:
             load = ["--stream", "--concurrency", str(n), "--requests", str(n * 2),
                     "--output-tokens", str(a.latency_tokens), "--timeout", "120"]
@@ -402,12 +431,14 @@ class Bench:
                     self.results.setdefault((f"latency{n}", c), []).append(j)
                     if j["_exit"] != 0 or j["failed"]:
                         self.failures.append(f"latency{n}/{c}: {j['failed']} failed: {json.dumps(j['errors'])[:300]}")
+                    elif not j.get("event_latency_samples"):
+                        self.failures.append(f"latency{n}/{c}: no event carried sim_write_ns (pdlb-sim --stamp-events)")
                     log(f"run {run + 1}/{a.runs} latency {n:>4} streams {c:<7} ok {j['completed']} failed {j['failed']}  "
+                        f"event p50/p99 {j.get('median_event_latency_ms', 0):.3f}/{j.get('p99_event_latency_ms', 0):.3f} ms  "
                         f"ITL p50/p99 {j['median_itl_ms']:.2f}/{j['p99_itl_ms']:.2f} ms  "
-                        f"delay p50/p99 {j['median_delay_ms']:.2f}/{j['p99_delay_ms']:.2f} ms  "
-                        f"jitter p50/p99 {j['median_jitter_ms']:.2f}/{j['p99_jitter_ms']:.2f} ms  "
+                        f"delay p99 {j['p99_delay_ms']:.2f} ms  jitter p99 {j['p99_jitter_ms']:.2f} ms  "
                         f"TTFT p99 {j['p99_ttft_ms']:.1f} ms")
-        for p in (lb, dec, pre):
+        for p in reversed(started + [dec, pre]):
             self.procs.stop(p)
 
     def run_streams(self):
@@ -476,24 +507,35 @@ class Bench:
             cells.append("yes" if met and all(met) else "no" if met else "n/a")
             rows.append(cells)
         for n in (a.latency_streams if "latency" in names else []):
-            d = self.results.get((f"latency{n}", "direct"), [])
-            p = self.results.get((f"latency{n}", "pdlb"), [])
-            if not p or not d:
+            runs = {c: self.results.get((f"latency{n}", c), []) for c in ("direct", "nginx", "pdlb")}
+            d = runs["direct"]
+            if not d or not (runs["nginx"] or runs["pdlb"]):
                 continue
 
-            def diff(key):
-                return median([pj[key] - dj[key] for pj, dj in zip(p, d)])
+            def added(c, key="p99_event_latency_ms", ref="direct"):
+                """Median over runs of (contender - reference) in the same run."""
+                return median([cj.get(key) - rj.get(key) for cj, rj in zip(runs[c], runs[ref])
+                               if cj.get(key) is not None and rj.get(key) is not None])
 
-            def lat(rs):
-                m = lambda k: median([r[k] for r in rs])
-                return (f"ITL p50/p99 {m('median_itl_ms'):.1f}/{m('p99_itl_ms'):.1f} ms, delay p50/p99 "
-                        f"{m('median_delay_ms'):.1f}/{m('p99_delay_ms'):.1f} ms, jitter p99 {m('p99_jitter_ms'):.1f} ms")
-            added = diff("p99_delay_ms")
+            def lat(c):
+                m = lambda k: median([r.get(k) for r in runs[c]])
+                cell = (f"event p50/p99 {m('median_event_latency_ms'):.2f}/{m('p99_event_latency_ms'):.2f} ms"
+                        if m("p99_event_latency_ms") is not None else "no event latency")
+                if c != "direct" and added(c) is not None:
+                    cell += f" (p99 {added(c):+.2f} ms over direct)"
+                return (cell + f"; ITL p50/p99 {m('median_itl_ms'):.1f}/{m('p99_itl_ms'):.1f} ms, "
+                        f"delay p99 {m('p99_delay_ms'):.1f} ms, jitter p99 {m('p99_jitter_ms'):.1f} ms")
+
+            pdlb_added = added("pdlb") if runs["pdlb"] else None
+            vs_nginx = added("pdlb", ref="nginx") if runs["pdlb"] and runs["nginx"] else None
             rows.append([f"added latency per event, {n} streams x {a.latency_tokens} events at 1 per 20 ms "
-                         f"(pdlb-sim)", "direct PD: " + lat(d), "-", "-", lat(p),
-                         f"p99 delay {added:+.2f} ms", f"p99 jitter {diff('p99_jitter_ms'):+.2f} ms, "
-                         f"p99 ITL {diff('p99_itl_ms'):+.2f} ms", "p99 <= 1 ms over direct",
-                         "yes" if added is not None and added <= 1.0 else "no"])
+                         f"(pdlb-sim)", "direct PD: " + lat("direct"),
+                         lat("nginx") if runs["nginx"] else "-", "-",
+                         lat("pdlb") if runs["pdlb"] else "-", "-",
+                         f"p99 event latency {vs_nginx:+.2f} ms" if vs_nginx is not None else "-",
+                         "p99 event latency <= 1 ms over direct",
+                         "n/a" if pdlb_added is None else
+                         f"{'yes' if pdlb_added <= 1.0 else 'no'} ({pdlb_added:+.2f} ms)"])
         if "streams" in names and ("streams", "pdlb") in self.results:
             s = self.results[("streams", "pdlb")]
             whole = min(r["completed"] for r in s)
@@ -535,6 +577,8 @@ def main():
     ap.add_argument("--nginx-workers", default="1", help="worker_processes of the nginx proxy (1 or auto)")
     ap.add_argument("--stub-workers", default="auto", help="worker_processes of the nginx stub workers")
     ap.add_argument("--pdlb-threads", type=int, default=1)
+    ap.add_argument("--latency-streams", dest="latency_streams_opt",
+                    help="comma-separated concurrent stream counts of the latency workload (default 256,1024)")
     ap.add_argument("--build-dir", default=os.environ.get("PDLB_BUILD_DIR", os.path.join(ROOT, "build")))
     ap.add_argument("--results", default=os.path.join(HERE, "results", "latest.md"))
     ap.add_argument("--keep", action="store_true", help="keep the temp dir (configs, logs)")
@@ -544,6 +588,13 @@ def main():
     a.duration = a.duration or (1 if a.smoke else 3 if a.quick else 10)
     a.validate_requests = 16 if a.smoke else 32
     a.latency_streams, a.latency_tokens = ([64], 10) if a.smoke else ([256, 1024], 30)
+    if a.latency_streams_opt:
+        try:
+            a.latency_streams = [int(x) for x in a.latency_streams_opt.split(",") if x.strip()]
+        except ValueError:
+            raise SystemExit(f"--latency-streams: comma-separated integers, not {a.latency_streams_opt!r}")
+        if not a.latency_streams or min(a.latency_streams) < 1:
+            raise SystemExit("--latency-streams: give at least one count >= 1")
     a.streams, a.streams_tokens, a.streams_step_ms = (500, 5, 100) if a.smoke else (5000, 20, 200)
     a.contenders = [c for c in a.contenders.split(",") if c]
     names = a.only.split(",") if a.only else ALL_NAMES
@@ -570,11 +621,10 @@ def main():
             b.start_throughput_contenders(tnames)
             b.run_throughput(tnames)
             b.procs.stop_all()
-        if "pdlb" in a.contenders:
-            if "latency" in names:
-                b.run_latency()
-            if "streams" in names:
-                b.run_streams()
+        if "latency" in names and ("pdlb" in a.contenders or "nginx" in a.contenders):
+            b.run_latency()
+        if "pdlb" in a.contenders and "streams" in names:
+            b.run_streams()
     except KeyboardInterrupt:
         b.failures.append("interrupted")
     except Exception as e:  # noqa: BLE001 - any failure must end the run with a report

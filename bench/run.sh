@@ -3,6 +3,7 @@
 # nginx, minilb and pdlb on 127.0.0.1, runs every workload against every contender, prints one table
 # and writes bench/results/latest.md. See docs/benchmarks.md.
 #   bench/run.sh [--quick] [--runs N] [--duration S] [--only small,large,sse,logprob,logprob4k,latency,streams]
+#                [--latency-streams 256,512,1024]
 # Environment: PDLB_BUILD_DIR (default build), PDLB_BENCH_SKIP_SETUP=1 to skip scripts/setup.sh.
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)

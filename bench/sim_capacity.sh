@@ -39,7 +39,7 @@ start_sim() {
   pids+=("$!")
   local line="" i
   for ((i = 0; i < 400; i++)); do
-    line="$(grep -m1 'pdlb-sim ready' "$work/$name.out" || true)"
+    line="$(grep -m1 'pdlb-sim ready' "$work/$name.out" 2>/dev/null || true)"
     [[ -n "$line" ]] && break
     sleep 0.05
   done

@@ -1,6 +1,7 @@
 #include "inspect.hpp"
 
 #include <charconv>
+#include <cstring>
 #include <string>
 
 namespace pdlb::bench {
@@ -9,16 +10,23 @@ namespace {
 
 bool is_space(char c) { return c == ' ' || c == '\t' || c == '\r' || c == '\n'; }
 
+// First occurrence of `needle` in `hay` at or after `from`, or npos. memmem, not
+// string_view::find, which stops at every '"' of a JSON text to compare.
+std::size_t find_text(std::string_view hay, std::string_view needle, std::size_t from) {
+  if (from > hay.size() || needle.empty()) return std::string_view::npos;
+  const void* p = ::memmem(hay.data() + from, hay.size() - from, needle.data(), needle.size());
+  return p ? static_cast<std::size_t>(static_cast<const char*>(p) - hay.data())
+           : std::string_view::npos;
+}
+
 // Position just after `"key":` and any blanks, or npos.
 std::size_t value_start(std::string_view json, std::string_view key, std::size_t from = 0) {
-  std::string pattern;
-  pattern.reserve(key.size() + 3);
-  pattern += '"';
-  pattern += key;
-  pattern += '"';
-  for (std::size_t pos = json.find(pattern, from); pos != std::string_view::npos;
-       pos = json.find(pattern, pos + 1)) {
-    std::size_t i = pos + pattern.size();
+  for (std::size_t pos = find_text(json, key, from + (from < json.size() ? 1 : 0));
+       pos != std::string_view::npos; pos = find_text(json, key, pos + 1)) {
+    if (json[pos - 1] != '"') continue;
+    std::size_t i = pos + key.size();
+    if (i >= json.size() || json[i] != '"') continue;
+    ++i;
     while (i < json.size() && is_space(json[i])) ++i;
     if (i < json.size() && json[i] == ':') {
       ++i;
@@ -27,6 +35,33 @@ std::size_t value_start(std::string_view json, std::string_view key, std::size_t
     }
   }
   return std::string_view::npos;
+}
+
+template <class T>
+std::optional<T> number_at(std::string_view json, std::size_t i) {
+  if (i == std::string_view::npos) return std::nullopt;
+  T v{};
+  auto [p, ec] = std::from_chars(json.data() + i, json.data() + json.size(), v);
+  if (ec != std::errc() || p == json.data() + i) return std::nullopt;
+  return v;
+}
+
+// The number after `"key":`, looked for from `from` on (the meta_info object, say), then from the
+// start if it is not there.
+template <class T>
+std::optional<T> find_number_from(std::string_view json, std::string_view key, std::size_t from) {
+  std::size_t i = value_start(json, key, from);
+  if (i == std::string_view::npos && from > 0) i = value_start(json, key, 0);
+  return number_at<T>(json, i);
+}
+
+// Position of the first CR or LF, or npos (find_first_of would call memchr once per byte).
+std::size_t line_end(std::string_view s) {
+  const void* lf = std::memchr(s.data(), '\n', s.size());
+  std::size_t n = lf ? static_cast<std::size_t>(static_cast<const char*>(lf) - s.data()) : s.size();
+  const void* cr = std::memchr(s.data(), '\r', n);
+  if (cr) return static_cast<std::size_t>(static_cast<const char*>(cr) - s.data());
+  return lf ? n : std::string_view::npos;
 }
 
 std::string_view trim(std::string_view s) {
@@ -52,21 +87,11 @@ std::string_view route_path(route_kind kind) {
 }
 
 std::optional<std::uint64_t> find_uint(std::string_view json, std::string_view key, std::size_t from) {
-  std::size_t i = value_start(json, key, from);
-  if (i == std::string_view::npos) return std::nullopt;
-  std::uint64_t v = 0;
-  auto [p, ec] = std::from_chars(json.data() + i, json.data() + json.size(), v);
-  if (ec != std::errc() || p == json.data() + i) return std::nullopt;
-  return v;
+  return number_at<std::uint64_t>(json, value_start(json, key, from));
 }
 
 std::optional<double> find_double(std::string_view json, std::string_view key) {
-  std::size_t i = value_start(json, key);
-  if (i == std::string_view::npos) return std::nullopt;
-  double v = 0;
-  auto [p, ec] = std::from_chars(json.data() + i, json.data() + json.size(), v);
-  if (ec != std::errc() || p == json.data() + i) return std::nullopt;
-  return v;
+  return number_at<double>(json, value_start(json, key));
 }
 
 std::optional<std::uint64_t> count_array_elements(std::string_view json, std::size_t open) {
@@ -135,8 +160,12 @@ event_info inspect_event(std::string_view data, route_kind kind, bool count_logp
 
   if (kind == route_kind::generate) {
     info.token = true;
-    info.completion_tokens = find_uint(body, "completion_tokens");
-    info.e2e_latency = find_double(body, "e2e_latency");
+    // The fields are in meta_info, after the (cumulative) text and output_ids: start there.
+    std::size_t meta = value_start(body, "meta_info");
+    if (meta == std::string_view::npos) meta = 0;
+    info.completion_tokens = find_number_from<std::uint64_t>(body, "completion_tokens", meta);
+    info.e2e_latency = find_number_from<double>(body, "e2e_latency", meta);
+    info.write_ns = find_number_from<std::int64_t>(body, "sim_write_ns", meta);
     if (count_logprobs) {
       std::size_t i = value_start(body, "input_token_logprobs");
       if (i != std::string_view::npos) info.input_logprobs = count_array_elements(body, i);
@@ -148,6 +177,7 @@ event_info inspect_event(std::string_view data, route_kind kind, bool count_logp
   std::size_t usage = value_start(body, "usage");
   if (usage != std::string_view::npos && usage < body.size() && body[usage] == '{')
     info.completion_tokens = find_uint(body, "completion_tokens", usage);
+  info.write_ns = number_at<std::int64_t>(body, value_start(body, "sim_write_ns"));
   if (kind == route_kind::completions) {
     info.token = nonempty_string_at(body, value_start(body, "text"));
   } else {
@@ -163,7 +193,7 @@ std::optional<std::string_view> sse_payload(std::string_view event, std::string&
   bool several = false;
   scratch.clear();
   while (!event.empty()) {
-    std::size_t eol = event.find_first_of("\r\n");
+    std::size_t eol = line_end(event);
     std::string_view line = event.substr(0, eol);
     if (eol == std::string_view::npos) {
       event = {};

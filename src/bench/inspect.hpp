@@ -26,6 +26,9 @@ struct event_info {
   std::optional<std::uint64_t> completion_tokens;
   /// meta_info.e2e_latency in seconds (the worker's age of the request when it made this event).
   std::optional<double> e2e_latency;
+  /// sim_write_ns (pdlb-sim --stamp-events): the worker's steady_clock time in ns when it wrote
+  /// this event (meta_info.sim_write_ns on /generate, top level on OpenAI chunks).
+  std::optional<std::int64_t> write_ns;
   /// Number of entries of meta_info.input_token_logprobs, if counted and present.
   std::optional<std::uint64_t> input_logprobs;
 };

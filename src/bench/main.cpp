@@ -86,6 +86,16 @@ void print_text(const bench_result& r, const std::string& label) {
     block("---Event delay (arrival - worker e2e_latency)-----", "delay", r.lag);
   if (!r.jitter.empty())
     block("------Event jitter (delay - first event's)-------", "jitter", r.jitter);
+  if (!r.event_latency.empty()) {
+    // One-way: receive time minus the worker's write time (pdlb-sim --stamp-events).
+    auto s = summarize(r.event_latency);
+    std::printf("---One-way event latency (arrival - sim_write)----\n");
+    line("Mean event latency (ms):", s.mean, 3);
+    line("Median event latency (ms):", s.p50, 3);
+    line("P90 event latency (ms):", s.p90, 3);
+    line("P99 event latency (ms):", s.p99, 3);
+    line("Max event latency (ms):", s.max, 3);
+  }
   if (!r.errors.empty()) {
     std::printf("---------------------Errors-----------------------\n");
     for (const auto& [why, n] : r.errors) std::printf("%8llu  %s\n", static_cast<unsigned long long>(n), why.c_str());
@@ -123,6 +133,7 @@ nlohmann::json to_json(const bench_result& r, const std::string& label) {
   put("e2e", r.e2e);
   put("delay", r.lag);
   put("jitter", r.jitter);
+  put("event_latency", r.event_latency);
   j["errors"] = nlohmann::json::object();
   for (const auto& [why, n] : r.errors) j["errors"][why] = n;
   return j;

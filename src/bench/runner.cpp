@@ -4,6 +4,7 @@
 
 #include <boost/asio/as_tuple.hpp>
 #include <boost/asio/co_spawn.hpp>
+#include <boost/asio/detached.hpp>
 #include <boost/asio/executor_work_guard.hpp>
 #include <boost/asio/experimental/awaitable_operators.hpp>
 #include <boost/asio/io_context.hpp>
@@ -11,17 +12,16 @@
 #include <boost/asio/steady_timer.hpp>
 #include <boost/asio/use_awaitable.hpp>
 #include <boost/asio/write.hpp>
-#include <boost/beast/core/flat_buffer.hpp>
 #include <boost/beast/core/tcp_stream.hpp>
-#include <boost/beast/http/buffer_body.hpp>
+#include <boost/beast/http/basic_parser.hpp>
 #include <boost/beast/http/error.hpp>
-#include <boost/beast/http/parser.hpp>
-#include <boost/beast/http/read.hpp>
 
+#include <algorithm>
 #include <array>
 #include <atomic>
 #include <chrono>
 #include <cstdio>
+#include <cstring>
 #include <memory>
 #include <optional>
 #include <random>
@@ -104,10 +104,31 @@ struct target {
 };
 
 struct connection {
-  explicit connection(const net::any_io_executor& ex) : stream(ex), buffer(64 * 1024) {}
+  explicit connection(const net::any_io_executor& ex) : stream(ex) {}
+  // Its timer serves the connect only: reads and writes go to the socket itself, and a lane's
+  // watchdog enforces the idle timeout (no timer operation per read).
   beast::tcp_stream stream;
-  // Bounded so that thousands of idle connections do not each keep a large read buffer.
-  beast::flat_buffer buffer;
+  // Received bytes not yet parsed are buf[0, used). Bounded so that thousands of idle connections
+  // do not each keep a large read buffer; not zero-filled (only what is read is touched).
+  std::unique_ptr<char[]> buf;
+  std::size_t size = 0;
+  std::size_t used = 0;
+
+  void allocate(std::size_t n) {
+    std::unique_ptr<char[]> bigger(new char[n]);
+    if (used) std::memcpy(bigger.get(), buf.get(), used);
+    buf = std::move(bigger);
+    size = n;
+  }
+};
+
+// A leg in progress, as the lane's watchdog sees it.
+struct leg_watch {
+  tcp::socket* socket = nullptr;
+  clock_type::time_point last{};  // last time bytes moved (or the leg started)
+  clock_type::duration limit{};
+  bool timed_out = false;
+  std::size_t slot = 0;  // index in lane::watched
 };
 
 // One io_context thread with its own connections and results; nothing here is shared.
@@ -118,6 +139,10 @@ struct lane {
   clock_type::time_point last_end{};
   std::mt19937_64 rng;
   int errors_printed = 0;
+  // Idle timeouts: legs in progress, checked by one timer per lane instead of one per read.
+  std::vector<leg_watch*> watched;
+  std::optional<net::steady_timer> watchdog;
+  bool watchdog_running = false;
 };
 
 struct shared_state {
@@ -180,12 +205,94 @@ bool stale_connection_error(const error_code& ec) {
          ec == net::error::connection_reset || ec == net::error::broken_pipe;
 }
 
+// Checks the lane's legs every `period` and cancels the socket operations of those silent for
+// longer than their limit; ends when no leg is left (so the io_context can run out of work).
+net::awaitable<void> watchdog(lane& ln, clock_type::duration period) {
+  while (!ln.watched.empty()) {
+    ln.watchdog->expires_after(period);
+    co_await ln.watchdog->async_wait(tuple_awaitable);
+    const auto now = clock_type::now();
+    for (auto* w : ln.watched) {
+      if (!w->timed_out && now - w->last > w->limit) {
+        w->timed_out = true;
+        error_code ignored;
+        w->socket->cancel(ignored);
+      }
+    }
+  }
+  ln.watchdog_running = false;
+}
+
+// Registers a leg with the lane's watchdog for its lifetime.
+struct watch_guard {
+  watch_guard(lane& l, leg_watch& w, clock_type::duration limit) : ln(l), watch(w) {
+    watch.limit = limit;
+    watch.last = clock_type::now();
+    watch.slot = ln.watched.size();
+    ln.watched.push_back(&watch);
+    if (!ln.watchdog_running) {
+      ln.watchdog_running = true;
+      if (!ln.watchdog) ln.watchdog.emplace(ln.ioc);
+      auto period = std::clamp<clock_type::duration>(limit / 10, std::chrono::milliseconds(10),
+                                                     std::chrono::seconds(1));
+      net::co_spawn(ln.ioc, watchdog(ln, period), net::detached);
+    }
+  }
+  ~watch_guard() {
+    auto* last = ln.watched.back();
+    last->slot = watch.slot;
+    ln.watched[watch.slot] = last;
+    ln.watched.pop_back();
+    if (ln.watched.empty() && ln.watchdog) ln.watchdog->cancel();  // let the watchdog end now
+  }
+  lane& ln;
+  leg_watch& watch;
+};
+
+// HTTP/1.1 response framing (Beast's parser), handing body bytes straight from the read buffer
+// to the sink, with the time their read completed.
+class response_reader final : public http::basic_parser<false> {
+ public:
+  explicit response_reader(sink& out, std::uint64_t& bytes) : out_(out), bytes_(bytes) {}
+  clock_type::time_point now{};  // when the bytes being parsed were read
+  unsigned status = 0;
+
+ private:
+  void on_request_impl(http::verb, beast::string_view, beast::string_view, int,
+                       error_code&) override {}
+  void on_response_impl(int code, beast::string_view, int, error_code&) override {
+    status = static_cast<unsigned>(code);
+  }
+  void on_field_impl(http::field, beast::string_view, beast::string_view, error_code&) override {}
+  void on_header_impl(error_code&) override { out_.on_header(status, now); }
+  void on_body_init_impl(const boost::optional<std::uint64_t>&, error_code&) override {}
+  std::size_t on_body_impl(beast::string_view body, error_code&) override {
+    deliver(body);
+    return body.size();
+  }
+  void on_chunk_header_impl(std::uint64_t, beast::string_view, error_code&) override {}
+  std::size_t on_chunk_body_impl(std::uint64_t, beast::string_view body, error_code&) override {
+    deliver(body);
+    return body.size();
+  }
+  void on_finish_impl(error_code&) override {}
+
+  void deliver(beast::string_view body) {
+    if (body.empty()) return;
+    bytes_ += body.size();
+    out_.on_body(std::string_view(body.data(), body.size()), now);
+  }
+
+  sink& out_;
+  std::uint64_t& bytes_;
+};
+
 // Sends one request to target `ti` and feeds the response to `out`. A reused keep-alive connection
 // that turns out to be closed by the server is replaced once (the server never saw the request).
 net::awaitable<leg_outcome> run_leg(lane& ln, shared_state& st, int ti, std::string_view head,
                                     std::string_view body, sink& out) {
   const auto& opts = st.opts;
-  const auto idle_timeout = std::chrono::duration_cast<std::chrono::nanoseconds>(
+  const auto idle_timeout = std::chrono::duration_cast<clock_type::duration>(
       std::chrono::duration<double>(opts.idle_timeout_s));
   const auto connect_timeout = std::chrono::duration_cast<std::chrono::nanoseconds>(
       std::chrono::duration<double>(opts.connect_timeout_s));
@@ -196,7 +303,13 @@ net::awaitable<leg_outcome> run_leg(lane& ln, shared_state& st, int ti, std::str
   }
   bool reused = conn != nullptr;
   leg_outcome res;
+  leg_watch watch;
+  std::optional<watch_guard> guard;
+  auto timed_out = [&](const error_code& ec) {
+    return watch.timed_out && (ec == net::error::operation_aborted || !ec);
+  };
   for (int attempt = 0;; ++attempt) {
+    guard.reset();
     if (!conn) {
       conn = std::make_unique<connection>(ln.ioc.get_executor());
       conn->stream.expires_after(connect_timeout);
@@ -205,54 +318,104 @@ net::awaitable<leg_outcome> run_leg(lane& ln, shared_state& st, int ti, std::str
         res.error = "connect: " + (ec == beast::error::timeout ? std::string("timed out") : ec.message());
         co_return res;
       }
+      conn->stream.expires_never();
       conn->stream.socket().set_option(tcp::no_delay(true), ec);
+      conn->allocate(st.read_chunk);
     }
-    conn->stream.expires_after(idle_timeout);
+    auto& socket = conn->stream.socket();
+    watch = leg_watch{};
+    watch.socket = &socket;
+    guard.emplace(ln, watch, idle_timeout);
+
     std::array<net::const_buffer, 2> bufs{net::buffer(head), net::buffer(body)};
-    auto [wec, wn] = co_await net::async_write(conn->stream, bufs, tuple_awaitable);
-    if (wec) {
+    auto [wec, wn] = co_await net::async_write(socket, bufs, tuple_awaitable);
+    if (wec || watch.timed_out) {
       if (reused && attempt == 0 && stale_connection_error(wec)) {
         conn.reset();
         continue;
       }
-      res.error = "write: " + (wec == beast::error::timeout ? std::string("timed out") : wec.message());
+      res.error = "write: " + (timed_out(wec) ? std::string("timed out") : wec.message());
       co_return res;
     }
+    watch.last = clock_type::now();
 
-    http::response_parser<http::buffer_body> parser;
+    response_reader parser(out, ln.res.bytes);
     parser.header_limit(header_limit);
     parser.body_limit(boost::none);  // streams are unbounded; whole bodies are capped by the sink
-    conn->stream.expires_after(idle_timeout);
-    auto [hec, hn] = co_await http::async_read_header(conn->stream, conn->buffer, parser, tuple_awaitable);
-    if (hec) {
-      if (reused && attempt == 0 && stale_connection_error(hec) && conn->buffer.size() == 0) {
-        conn.reset();
-        continue;
-      }
-      res.error = "read header: " + (hec == beast::error::timeout ? std::string("timed out") : hec.message());
-      co_return res;
-    }
-    out.on_header(parser.get().result_int(), clock_type::now());
-
-    std::vector<char> chunk(st.read_chunk);
+    parser.eager(true);
+    std::size_t pos = 0;  // conn->buf[pos, used) is not parsed yet
+    bool retry = false;
     while (!parser.is_done()) {
-      parser.get().body().data = chunk.data();
-      parser.get().body().size = chunk.size();
-      conn->stream.expires_after(idle_timeout);
-      auto [rec, rn] = co_await http::async_read_some(conn->stream, conn->buffer, parser, tuple_awaitable);
-      if (rec == http::error::need_buffer) rec = {};
-      std::size_t got = chunk.size() - parser.get().body().size;
-      if (got) {
-        ln.res.bytes += got;
-        out.on_body(std::string_view(chunk.data(), got), clock_type::now());
+      if (pos < conn->used) {
+        error_code pec;
+        const std::size_t n = parser.put(net::buffer(conn->buf.get() + pos, conn->used - pos), pec);
+        pos += n;
+        if (pec && pec != http::error::need_more) {
+          res.error = std::string(parser.is_header_done() ? "read body: " : "read header: ") +
+                      pec.message();
+          co_return res;
+        }
+        if (parser.is_done()) break;
+        if (!pec && n > 0) continue;  // progress; more may be parsed from what is buffered
+      }
+      // Keep the unparsed tail at the front and read behind it.
+      if (pos > 0) {
+        std::memmove(conn->buf.get(), conn->buf.get() + pos, conn->used - pos);
+        conn->used -= pos;
+        pos = 0;
+      }
+      if (conn->used == conn->size) {
+        // A header (or chunk header) larger than the buffer: grow, within the header limit.
+        if (conn->size >= 2 * static_cast<std::size_t>(header_limit)) {
+          res.error = parser.is_header_done() ? "read body: chunk header too long"
+                                              : "read header: header too long";
+          co_return res;
+        }
+        conn->allocate(conn->size * 2);
+      }
+      auto [rec, rn] = co_await socket.async_read_some(
+          net::buffer(conn->buf.get() + conn->used, conn->size - conn->used), tuple_awaitable);
+      // The receive time of these bytes, before any parsing.
+      parser.now = clock_type::now();
+      watch.last = parser.now;
+      conn->used += rn;
+      if (rec == net::error::eof && parser.is_header_done()) {
+        // A body that runs until the connection closes ends here; anything else is cut short.
+        error_code eec;
+        if (conn->used == 0) parser.put_eof(eec);
+        if (conn->used != 0 || eec) {
+          res.error = "read body: " + (eec ? eec.message() : std::string("partial message"));
+          co_return res;
+        }
+        break;
       }
       if (rec) {
-        res.error = "read body: " + (rec == beast::error::timeout ? std::string("idle timeout") : rec.message());
+        if (!parser.got_some() && conn->used == 0 && reused && attempt == 0 &&
+            stale_connection_error(rec)) {
+          retry = true;
+          break;
+        }
+        const char* what = parser.is_header_done() ? "read body: " : "read header: ";
+        if (timed_out(rec)) {
+          res.error = std::string(what) + (parser.is_header_done() ? "idle timeout" : "timed out");
+        } else {
+          res.error =
+              what + (rec == net::error::eof ? std::string("end of stream") : rec.message());
+        }
         co_return res;
       }
     }
+    if (retry) {
+      conn.reset();
+      continue;
+    }
+    // Bytes after the response (a pipelining server) stay for the next one.
+    if (pos > 0) {
+      std::memmove(conn->buf.get(), conn->buf.get() + pos, conn->used - pos);
+      conn->used -= pos;
+    }
     res.complete = true;
-    if (parser.get().keep_alive()) ln.idle[ti].push_back(std::move(conn));
+    if (parser.keep_alive()) ln.idle[ti].push_back(std::move(conn));
     co_return res;
   }
 }
@@ -295,6 +458,14 @@ struct main_sink final : sink {
     }
     if (info.completion_tokens) completion_tokens = info.completion_tokens;
     check_logprobs(info);
+    if (info.write_ns) {
+      // One-way latency of this event: its receive time minus the worker's write time (both
+      // steady_clock, i.e. CLOCK_MONOTONIC, on the same host).
+      const auto recv_ns =
+          std::chrono::duration_cast<std::chrono::nanoseconds>(now.time_since_epoch()).count();
+      event_latency.push_back(
+          static_cast<float>(static_cast<double>(recv_ns - *info.write_ns) / 1e6));
+    }
     if (info.e2e_latency) {
       double d = ms_between(t_send, now) - *info.e2e_latency * 1000.0;
       if (lag.empty()) {
@@ -379,7 +550,7 @@ struct main_sink final : sink {
   std::optional<std::uint64_t> completion_tokens;
   std::optional<clock_type::time_point> first_token;
   clock_type::time_point last_token{};
-  std::vector<float> itl, lag, jitter;
+  std::vector<float> itl, lag, jitter, event_latency;
   double first_lag = 0;
 };
 
@@ -457,6 +628,8 @@ net::awaitable<void> run_one(lane& ln, shared_state& st) {
       r.itl.insert(r.itl.end(), out.itl.begin(), out.itl.end());
       r.lag.insert(r.lag.end(), out.lag.begin(), out.lag.end());
       r.jitter.insert(r.jitter.end(), out.jitter.begin(), out.jitter.end());
+      r.event_latency.insert(r.event_latency.end(), out.event_latency.begin(),
+                             out.event_latency.end());
     }
   } catch (const std::exception& e) {
     record_failure(ln, st, std::string("exception: ") + e.what());
@@ -597,7 +770,7 @@ bench_result run_bench(const bench_options& opts) {
   st.head = make_head(st, st.targets[0], st.body.size());
   // Thousands of open streams each hold a read buffer; keep them small then.
   std::size_t expected_open = opts.concurrency ? opts.concurrency : static_cast<std::size_t>(opts.request_rate);
-  st.read_chunk = expected_open >= 1000 ? 8 * 1024 : 64 * 1024;
+  st.read_chunk = expected_open >= 1000 ? 8 * 1024 : 32 * 1024;
 
   for (unsigned i = 0; i < opts.threads; ++i) {
     auto ln = std::make_unique<lane>();
@@ -651,6 +824,7 @@ bench_result run_bench(const bench_options& opts) {
     append(total.e2e, r.e2e);
     append(total.lag, r.lag);
     append(total.jitter, r.jitter);
+    append(total.event_latency, r.event_latency);
     end = std::max(end, ln->last_end);
   }
   total.duration_s = std::chrono::duration<double>(end - st.start).count();

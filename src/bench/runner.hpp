@@ -64,6 +64,9 @@ struct bench_result {
   /// Event jitter: each event's delay minus the first event's delay of the same stream, i.e. how much
   /// later than the worker's own spacing it arrived (no request trip in it).
   std::vector<float> jitter;
+  /// One-way event latency: receive time (steady_clock, taken when the read completed, before
+  /// parsing) minus the worker's write time meta_info.sim_write_ns (pdlb-sim --stamp-events).
+  std::vector<float> event_latency;
 };
 
 /// The request body the bench sends (without the bootstrap fields of direct PD).
