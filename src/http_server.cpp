@@ -327,15 +327,17 @@ class exchange_impl final : public exchange {
 };
 
 // Writes an error response produced by the server itself, then the connection is closed.
+// `head_request`: the request (its header was parsed) is HEAD, so the answer has no content.
 net::awaitable<void> write_server_error(connection& conn, const server_options& opts,
-                                        http::status status, std::string_view message) {
+                                        http::status status, std::string_view message,
+                                        bool head_request = false) {
   std::string body = json_error_body(message);
   std::string head;
   append_status_line(head, status);
   head += "Content-Type: application/json\r\nContent-Length: ";
   head += std::to_string(body.size());
   head += "\r\nConnection: close\r\n\r\n";
-  std::array<net::const_buffer, 2> bufs{net::buffer(head), net::buffer(body)};
+  std::array<net::const_buffer, 2> bufs{net::buffer(head), net::buffer(body.data(), head_request ? 0 : body.size())};
   conn.stream.expires_after(opts.write_timeout);
   co_await net::async_write(conn.stream, bufs, tuple_awaitable);
 }
@@ -477,7 +479,8 @@ net::awaitable<void> http_server::impl::run_session(tcp::socket socket, std::siz
       } else if (ec == http::error::body_limit) {
         co_await write_server_error(conn, opts, http::status::payload_too_large,
                                     "request body too large (limit " +
-                                        std::to_string(opts.body_limit) + " bytes)");
+                                        std::to_string(opts.body_limit) + " bytes)",
+                                    parser.is_header_done() && parser.get().method() == http::verb::head);
       } else if (ec == beast::error::timeout) {
         if (buffer.size() > 0)
           co_await write_server_error(conn, opts, http::status::request_timeout,
@@ -498,6 +501,7 @@ net::awaitable<void> http_server::impl::run_session(tcp::socket socket, std::siz
     } finished{this};
 
     auto& head = parser.get();
+    const bool head_request = head.method() == http::verb::head;
     if (auto expect = head[http::field::expect]; !expect.empty()) {
       if (beast::iequals(expect, "100-continue")) {
         if (!parser.is_done()) {
@@ -508,7 +512,7 @@ net::awaitable<void> http_server::impl::run_session(tcp::socket socket, std::siz
         }
       } else {
         co_await write_server_error(conn, opts, http::status::expectation_failed,
-                                    "unsupported Expect header");
+                                    "unsupported Expect header", head_request);
         break;
       }
     }
@@ -529,14 +533,15 @@ net::awaitable<void> http_server::impl::run_session(tcp::socket socket, std::siz
       if (rec == http::error::body_limit) {
         co_await write_server_error(conn, opts, http::status::payload_too_large,
                                     "request body too large (limit " +
-                                        std::to_string(opts.body_limit) + " bytes)");
+                                        std::to_string(opts.body_limit) + " bytes)",
+                                    head_request);
       } else if (rec == beast::error::timeout) {
         co_await write_server_error(conn, opts, http::status::request_timeout,
-                                    "timed out reading the request body");
+                                    "timed out reading the request body", head_request);
       } else if (is_http_parse_error(rec) &&
                  rec != http::error::partial_message && rec != http::error::end_of_stream) {
         co_await write_server_error(conn, opts, http::status::bad_request,
-                                    "malformed HTTP request body: " + rec.message());
+                                    "malformed HTTP request body: " + rec.message(), head_request);
       }
       break;
     }

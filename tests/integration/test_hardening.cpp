@@ -104,6 +104,16 @@ TEST_F(Hardening, HeadResponsesCarryNoBodySoThePipelinedNextAnswerIsIntact) {
   EXPECT_EQ(all.substr(end_of_first + 4, 15), "HTTP/1.1 200 OK") << all;
 }
 
+TEST_F(Hardening, ServerOwnErrorToHeadHasNoBody) {
+  http_connection conn(c_->port());
+  conn.send_raw("HEAD /generate HTTP/1.1\r\nHost: x\r\nExpect: something-else\r\n\r\n");
+  std::string all = conn.read_until_close();
+  auto end_of_header = all.find("\r\n\r\n");
+  ASSERT_NE(end_of_header, std::string::npos) << all;
+  EXPECT_THAT(all.substr(0, end_of_header), HasSubstr(" 417 "));
+  EXPECT_EQ(all.size(), end_of_header + 4) << all;  // nothing after the header
+}
+
 TEST_F(Hardening, ErrorBodyIsValidJsonForARequestPathWithInvalidUtf8) {
   http_connection conn(c_->port());
   conn.send_raw("GET /\xe3 HTTP/1.1\r\nHost: x\r\n\r\n");
