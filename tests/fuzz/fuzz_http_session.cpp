@@ -33,8 +33,7 @@
 //   - anything ASan, UBSan or LeakSanitizer reports.
 //
 // PDLB_FUZZ_VERBOSE=1 in the environment prints what pdlb answered to every input (to write seeds, or
-// to read a finding). Findings are kept in tests/fuzz/regressions (see its README.md);
-// PDLB_FUZZ_TOLERATE=head-body skips the open one, to keep fuzzing for others until it is fixed.
+// to read a finding). Findings are kept in tests/fuzz/regressions (see its README.md).
 #include <boost/asio/io_context.hpp>
 #include <boost/beast/core/string.hpp>
 #include <boost/beast/http/error.hpp>
@@ -92,9 +91,6 @@ struct harness {
   pdlb_instance keyed;  // --api-key fuzz-key --admin-api-key fuzz-admin
   std::uint64_t inputs = 0;
   bool verbose = false;  // PDLB_FUZZ_VERBOSE=1: print what pdlb answered to every input
-  // PDLB_FUZZ_TOLERATE=head-body: skip a body sent in response to HEAD instead of failing (an open
-  // finding, tests/fuzz/regressions/README.md), to keep fuzzing for others until it is fixed.
-  bool tolerate_head_body = false;
 };
 
 // Lives for the whole process; never destroyed, so that nothing runs destructors at exit.
@@ -284,11 +280,8 @@ void check_responses(std::string_view in, std::string_view out, bool client_stay
     ++answered;
     if (answered > methods.size() + 1) fail("more responses than requests", in, out);
     // With skip(true) the parser stopped after the header: what follows must be the next response.
-    if (head && pos < out.size() && std::string_view(out).substr(pos, 5) != "HTTP/") {
-      const auto length = p.content_length();
-      if (!H->tolerate_head_body || !length) fail("a response to HEAD carries a body", in, out);
-      pos += std::min<std::uint64_t>(*length, out.size() - pos);  // tolerated: skip it
-    }
+    if (head && pos < out.size() && std::string_view(out).substr(pos, 5) != "HTTP/")
+      fail("a response to HEAD carries a body", in, out);
     if (status >= 400 && is_json_content_type(res[http::field::content_type]) && !head) {
       if (!is_error_body(res.body())) {
         const std::string fixed = valid_utf8(res.body());
@@ -464,8 +457,6 @@ extern "C" int LLVMFuzzerInitialize(int*, char***) {
   H = new harness;
   const char* verbose = std::getenv("PDLB_FUZZ_VERBOSE");
   H->verbose = verbose && *verbose && std::string_view(verbose) != "0";
-  const char* tolerate = std::getenv("PDLB_FUZZ_TOLERATE");
-  H->tolerate_head_body = tolerate && std::string_view(tolerate).find("head-body") != std::string_view::npos;
   H->workers = pdlb_fuzz::start_fake_workers();  // forks: before any thread exists
   H->open = make_pdlb(*H, false);
   H->keyed = make_pdlb(*H, true);
