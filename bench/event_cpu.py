@@ -16,7 +16,6 @@ object on the last line.
 import argparse
 import json
 import os
-import re
 import signal
 import socket
 import statistics
@@ -24,6 +23,8 @@ import subprocess
 import sys
 import tempfile
 import time
+
+from run import free_ports, wait_log  # bench/run.py, beside this script
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
@@ -33,28 +34,6 @@ def cpu_s(pid):
     with open(f"/proc/{pid}/stat") as f:
         fields = f.read().rsplit(")", 1)[1].split()
     return (int(fields[11]) + int(fields[12])) / TICK  # utime, stime (fields 14, 15)
-
-
-def wait_line(proc, path, pattern, timeout=30):
-    rx = re.compile(pattern)
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        with open(path, errors="replace") as f:
-            m = rx.search(f.read())
-        if m:
-            return m
-        if proc.poll() is not None:
-            raise SystemExit(f"{proc.args[0]} exited with {proc.returncode}; see {path}")
-        time.sleep(0.05)
-    raise SystemExit(f"{proc.args[0]} not ready; see {path}")
-
-
-def free_port():
-    s = socket.socket()
-    s.bind(("127.0.0.1", 0))
-    port = s.getsockname()[1]
-    s.close()
-    return port
 
 
 def main():
@@ -90,25 +69,25 @@ def main():
     try:
         pre = start("prefill", [a.sim, "--role", "prefill", "--port", "0", "--bootstrap-port", "0",
                                 "--log-level", "warn"])
-        m = wait_line(pre, pre.log_path, r"ready role=prefill http=127\.0\.0\.1:(\d+) bootstrap=(\d+)")
+        m = wait_log(pre.log_path, r"ready role=prefill http=127\.0\.0\.1:(\d+) bootstrap=(\d+)", pre)
         pre_port, boot = int(m.group(1)), int(m.group(2))
         dec = start("decode", [a.sim, "--role", "decode", "--port", "0", "--step-base-ms", str(a.step_ms),
                                "--step-per-req-ms", "0", "--max-running-requests", "16384",
                                "--log-level", "warn"] + (["--stamp-events"] if a.stamp else []))
-        dec_port = int(wait_line(dec, dec.log_path, r"ready role=decode http=127\.0\.0\.1:(\d+)").group(1))
+        dec_port = int(wait_log(dec.log_path, r"ready role=decode http=127\.0\.0\.1:(\d+)", dec).group(1))
         watched = {"prefill": pre, "decode": dec}
         pre_url, dec_url = f"http://127.0.0.1:{pre_port}", f"http://127.0.0.1:{dec_port}"
         if a.via == "pdlb":
             lb = start("pdlb", [a.pdlb, "--host", "127.0.0.1", "--port", "0", "--prefill", pre_url,
                                 "--prefill-bootstrap-ports", str(boot), "--decode", dec_url,
                                 "--log-interval", "0", "--threads", str(a.pdlb_threads)])
-            port = int(wait_line(lb, lb.log_path, r"listening on http://127\.0\.0\.1:(\d+)").group(1))
+            port = int(wait_log(lb.log_path, r"listening on http://127\.0\.0\.1:(\d+)", lb).group(1))
             target = ["--url", f"http://127.0.0.1:{port}"]
             watched["pdlb"] = lb
         else:
             decode = dec_url
             if a.via == "nginx":
-                port = free_port()
+                port = free_ports(1)[0]
                 conf = os.path.join(tmp, "relay.conf")
                 os.makedirs(os.path.join(tmp, "tmp"), exist_ok=True)
                 with open(os.path.join(HERE, "nginx", "relay.conf.in")) as f:

@@ -6,11 +6,10 @@ struct lazy_deadline::state {
   explicit state(const boost::asio::any_io_executor& ex) : timer(ex) {}
   boost::asio::steady_timer timer;
   boost::asio::ip::tcp::socket* socket = nullptr;  // null once the owner is gone
-  bool armed = false;       // the timer has a pending wait, set for `armed_for`
+  bool armed = false;       // the timer has a pending wait (due at timer.expiry())
   bool waiting = false;     // a wait is under way
   bool timed_out = false;
   std::uint64_t generation = 0;  // tells the current timer wait from one replaced by arm()
-  clock::time_point armed_for;
   clock::time_point due;  // end of the wait under way
 };
 
@@ -26,7 +25,6 @@ lazy_deadline::~lazy_deadline() {
 
 void lazy_deadline::arm(const std::shared_ptr<state>& s, clock::time_point at) {
   s->armed = true;
-  s->armed_for = at;
   const auto generation = ++s->generation;
   s->timer.expires_at(at);  // cancels a pending wait, whose handler sees a newer generation
   s->timer.async_wait([s, generation](boost::system::error_code ec) {
@@ -50,7 +48,7 @@ void lazy_deadline::begin(std::chrono::milliseconds timeout) {
   s.due = clock::now() + timeout;
   // Set the timer only if it would fire too late for this wait (or not at all); firing early just
   // sets it again.
-  if (!s.armed || s.armed_for > s.due) arm(state_, s.due);
+  if (!s.armed || s.timer.expiry() > s.due) arm(state_, s.due);
 }
 
 bool lazy_deadline::end() {

@@ -552,12 +552,11 @@ net::awaitable<void> load_balancer::handle_pd(exchange& ex, std::string_view pat
       counters_.errors.fetch_add(1, std::memory_order_relaxed);
       headers_sent = true;
       std::string ct(call.content_type());
-      const auto status = static_cast<http::status>(call.status());  // release() forgets it
       call.release();
       p_lease->release();  // the prefill leg is cancelled once this leg returns
       d_lease->release();
       client_write_pending = true;
-      co_await ex.respond(status, dbody,
+      co_await ex.respond(static_cast<http::status>(call.status()), dbody,
                           ct.empty() ? std::string_view("application/json") : std::string_view(ct));
       client_write_pending = false;
       decode_outcome answered;

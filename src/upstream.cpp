@@ -34,7 +34,7 @@ using clock_type = std::chrono::steady_clock;
 
 namespace {
 constexpr auto tuple_awaitable = net::as_tuple(net::use_awaitable);
-// Room for the first read of a response: a small answer's header and body fit in one read.
+// The first read of a response (Beast's own first read size): a small answer often fits whole.
 constexpr std::size_t header_read_size = 512;
 
 class upstream_category_impl final : public boost::system::error_category {
@@ -303,7 +303,7 @@ struct upstream_call::impl {
 
   impl(upstream_host::impl& h, std::size_t t) : host(h), thread(t) {}
 
-  // The response timeout around one wait (see wait_deadline).
+  // The response timeout around one wait (see lazy_deadline).
   void arm_deadline() { conn->deadline.begin(host.opts.response_timeout); }
   // Ends the wait; true if the timeout cut it short.
   bool disarm_deadline() { return conn->deadline.end(); }
@@ -513,10 +513,11 @@ unsigned upstream_call::status() const { return impl_->status; }
 
 std::string_view upstream_call::content_type() const { return impl_->content_type; }
 
-// Body bytes are read without holding a buffer while the worker is silent: wait until the socket
-// is readable (no memory), read what is there in one non-blocking call into the thread's socket
-// scratch (up to 64 KB), parse it into the caller's buffer, and keep only the few unparsed bytes
-// (the CRLF that ends a chunk is parsed with the next chunk's header) in the connection's buffer,
+// Body bytes are read without holding a buffer while the worker is silent: what the socket has is
+// read in one non-blocking call into the thread's socket scratch (up to 64 KB); when it has nothing
+// (or the last read emptied it), the wait is an async read into a 1 KB array in this coroutine's
+// frame. The bytes are parsed into the caller's buffer at once, and only the few unparsed ones (the
+// CRLF that ends a chunk is parsed with the next chunk's header) stay in the connection's buffer,
 // shrunk to fit. An SSE stream that trickles one event at a time then holds a few bytes per stream
 // instead of a 64 KB read buffer, and a burst is read 64 KB at a time instead of Beast's 512 bytes.
 net::awaitable<error_code> upstream_call::read_some(char* buf, std::size_t cap, std::size_t& n,
