@@ -472,6 +472,10 @@ net::awaitable<void> http_server::impl::run_session(tcp::socket socket, std::siz
     auto [ec, n] = co_await http::async_read_header(conn.stream, buffer, parser, tuple_awaitable);
     if (conn.disarm_read_deadline() && ec == net::error::operation_aborted) ec = beast::error::timeout;
     conn.idle = false;
+    // Beast 1.81 applies the header limit to the request line and to the fields separately (each
+    // put() checks only what it has not consumed yet), so a header of up to twice the limit gets
+    // through; `n` is everything the parser consumed, i.e. the whole header.
+    if (!ec && n > opts.header_limit) ec = http::error::header_limit;
     if (ec) {
       if (ec == http::error::header_limit) {
         co_await write_server_error(conn, opts, http::status::request_header_fields_too_large,
