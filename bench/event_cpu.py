@@ -16,7 +16,6 @@ object on the last line.
 import argparse
 import json
 import os
-import signal
 import socket
 import statistics
 import subprocess
@@ -24,7 +23,7 @@ import sys
 import tempfile
 import time
 
-from run import free_ports, wait_log  # bench/run.py, beside this script
+from run import Processes, free_ports, wait_log  # bench/run.py, beside this script
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
@@ -55,16 +54,8 @@ def main():
 
     tmp = tempfile.mkdtemp(prefix="pdlb-event-cpu.")
     os.chmod(tmp, 0o755)
-    procs = []
-
-    def start(name, argv):
-        path = os.path.join(tmp, name + ".log")
-        with open(path, "w") as out:
-            p = subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                 start_new_session=True)
-        p.log_path = path
-        procs.append(p)
-        return p
+    procs = Processes(tmp)
+    start = procs.start
 
     try:
         pre = start("prefill", [a.sim, "--role", "prefill", "--port", "0", "--bootstrap-port", "0",
@@ -152,17 +143,7 @@ def main():
                   f"median of {a.runs}: CPU us per event: " +
                   ", ".join(f"{k} {statistics.median(v):.2f}" for k, v in per_event.items()))
     finally:
-        for p in reversed(procs):
-            if p.poll() is None:
-                try:
-                    os.killpg(p.pid, signal.SIGTERM)
-                except ProcessLookupError:
-                    pass
-                try:
-                    p.wait(timeout=10)
-                except subprocess.TimeoutExpired:
-                    os.killpg(p.pid, signal.SIGKILL)
-                    p.wait()
+        procs.stop_all()
         subprocess.run(["rm", "-rf", tmp])
 
 
