@@ -305,5 +305,67 @@ TEST(Faults, PrefillWhoseHandshakeNeverCompletesGives504AfterConnectTimeoutAndCa
     for (auto& w : stats[pool]) EXPECT_EQ(w["in_flight"], 0) << stats.dump();
 }
 
+// A worker that answers its first connection with fixed bytes, whatever the request, then closes.
+class canned_worker {
+ public:
+  explicit canned_worker(std::string response) : response_(std::move(response)) {
+    listener_ = ::socket(AF_INET, SOCK_STREAM, 0);
+    sockaddr_in addr{};
+    addr.sin_family = AF_INET;
+    addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    socklen_t len = sizeof addr;
+    if (listener_ < 0 || ::bind(listener_, reinterpret_cast<sockaddr*>(&addr), len) != 0 ||
+        ::listen(listener_, 4) != 0 || ::getsockname(listener_, reinterpret_cast<sockaddr*>(&addr), &len) != 0)
+      throw std::runtime_error("canned_worker: cannot listen");
+    port_ = ntohs(addr.sin_port);
+    thread_ = std::thread([this] {
+      int fd = ::accept(listener_, nullptr, nullptr);
+      if (fd < 0) return;  // shut down before anyone came
+      char buf[4096];
+      (void)::recv(fd, buf, sizeof buf, 0);  // the request's start is enough
+      for (std::size_t off = 0; off < response_.size();) {
+        ssize_t n = ::send(fd, response_.data() + off, response_.size() - off, MSG_NOSIGNAL);
+        if (n <= 0) break;
+        off += static_cast<std::size_t>(n);
+      }
+      ::shutdown(fd, SHUT_WR);
+      while (::recv(fd, buf, sizeof buf, 0) > 0) {
+      }
+      ::close(fd);
+    });
+  }
+  ~canned_worker() {
+    ::shutdown(listener_, SHUT_RDWR);  // wakes the accept if nobody came
+    thread_.join();
+    ::close(listener_);
+  }
+  std::string url() const { return "http://127.0.0.1:" + std::to_string(port_); }
+
+ private:
+  std::string response_;
+  int listener_ = -1;
+  std::uint16_t port_ = 0;
+  std::thread thread_;
+};
+
+// pdlb's upstream header limit is 64 KiB. Here the status line (3 KB, with a long reason phrase) and
+// the fields (63 KB) are each under it, the whole header over it.
+TEST(Faults, DecodeAnswerWithAHeaderOverTheLimitGives502) {
+  const std::string body = R"({"text":"x","meta_info":{}})";
+  canned_worker decode("HTTP/1.1 200 " + std::string(3000, 'O') + "\r\nX-Big: " + std::string(63000, 'a') +
+                       "\r\nContent-Type: application/json\r\nContent-Length: " + std::to_string(body.size()) +
+                       "\r\n\r\n" + body);
+  auto prefill = sim_worker::start("prefill", fast_sim_args());
+  auto lb = pdlb_process::start({"--prefill", prefill->url(), "--prefill-bootstrap-ports",
+                                 std::to_string(prefill->bootstrap_port()), "--decode", decode.url()});
+  auto r = http_request(lb->port(), "POST", "/generate", small_request().dump());
+  EXPECT_EQ(r.status, 502u) << r.body.substr(0, 200);
+  EXPECT_TRUE(is_error_body(r.body)) << r.body.substr(0, 200);
+  EXPECT_TRUE(sim_wait(*prefill, "active=0", 10s)) << prefill->stats().dump();
+  auto stats = parse_json(http_request(lb->port(), "GET", "/pdlb/stats").body);
+  for (const char* pool : {"prefill", "decode"})
+    for (auto& w : stats[pool]) EXPECT_EQ(w["in_flight"], 0) << stats.dump();
+}
+
 }  // namespace
 }  // namespace pdlb::test
