@@ -257,20 +257,29 @@ TEST(Faults, IdleUpstreamConnectionsAreClosedAfterTheIdleTimeoutWithoutTraffic) 
 // A worker whose TCP handshake never completes, made on loopback without privileges: a listener
 // with backlog 0 never accepts, and one connection already fills its accept queue, so Linux drops
 // every further SYN and connect() hangs (the client retransmits until it gives up).
+// A listening socket on 127.0.0.1, port 0; `addr` receives its address.
+int loopback_listener(int backlog, sockaddr_in& addr) {
+  int fd = ::socket(AF_INET, SOCK_STREAM, 0);
+  addr = sockaddr_in{};
+  addr.sin_family = AF_INET;
+  addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  socklen_t len = sizeof addr;
+  if (fd < 0 || ::bind(fd, reinterpret_cast<sockaddr*>(&addr), len) != 0 || ::listen(fd, backlog) != 0 ||
+      ::getsockname(fd, reinterpret_cast<sockaddr*>(&addr), &len) != 0) {
+    if (fd >= 0) ::close(fd);
+    throw std::runtime_error("cannot listen on 127.0.0.1");
+  }
+  return fd;
+}
+
 class unanswered_listener {
  public:
   unanswered_listener() {
-    listener_ = ::socket(AF_INET, SOCK_STREAM, 0);
-    sockaddr_in addr{};
-    addr.sin_family = AF_INET;
-    addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-    socklen_t len = sizeof addr;
-    if (listener_ < 0 || ::bind(listener_, reinterpret_cast<sockaddr*>(&addr), len) != 0 ||
-        ::listen(listener_, 0) != 0 || ::getsockname(listener_, reinterpret_cast<sockaddr*>(&addr), &len) != 0)
-      throw std::runtime_error("unanswered_listener: cannot listen");
+    sockaddr_in addr;
+    listener_ = loopback_listener(0, addr);
     port_ = ntohs(addr.sin_port);
     filler_ = ::socket(AF_INET, SOCK_STREAM, 0);
-    if (filler_ < 0 || ::connect(filler_, reinterpret_cast<sockaddr*>(&addr), len) != 0)
+    if (filler_ < 0 || ::connect(filler_, reinterpret_cast<sockaddr*>(&addr), sizeof addr) != 0)
       throw std::runtime_error("unanswered_listener: cannot fill the accept queue");
   }
   ~unanswered_listener() {
@@ -309,14 +318,8 @@ TEST(Faults, PrefillWhoseHandshakeNeverCompletesGives504AfterConnectTimeoutAndCa
 class canned_worker {
  public:
   explicit canned_worker(std::string response) : response_(std::move(response)) {
-    listener_ = ::socket(AF_INET, SOCK_STREAM, 0);
-    sockaddr_in addr{};
-    addr.sin_family = AF_INET;
-    addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-    socklen_t len = sizeof addr;
-    if (listener_ < 0 || ::bind(listener_, reinterpret_cast<sockaddr*>(&addr), len) != 0 ||
-        ::listen(listener_, 4) != 0 || ::getsockname(listener_, reinterpret_cast<sockaddr*>(&addr), &len) != 0)
-      throw std::runtime_error("canned_worker: cannot listen");
+    sockaddr_in addr;
+    listener_ = loopback_listener(4, addr);
     port_ = ntohs(addr.sin_port);
     thread_ = std::thread([this] {
       int fd = ::accept(listener_, nullptr, nullptr);
