@@ -16,14 +16,13 @@ object on the last line.
 import argparse
 import json
 import os
-import socket
 import statistics
 import subprocess
 import sys
 import tempfile
 import time
 
-from run import Processes, free_ports, wait_log  # bench/run.py, beside this script
+from run import Processes, start_nginx_relay, wait_log  # bench/run.py, beside this script
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
@@ -78,24 +77,18 @@ def main():
         else:
             decode = dec_url
             if a.via == "nginx":
-                port = free_ports(1)[0]
-                conf = os.path.join(tmp, "relay.conf")
-                os.makedirs(os.path.join(tmp, "tmp"), exist_ok=True)
-                with open(os.path.join(HERE, "nginx", "relay.conf.in")) as f:
-                    text = f.read()
-                for k, v in {"@DIR@": tmp, "@WORKERS@": 1, "@PORT_DECODE@": dec_port, "@PORT_RELAY@": port}.items():
-                    text = text.replace(k, str(v))
-                with open(conf, "w") as f:
-                    f.write(text)
-                ng = start("nginx", ["nginx", "-p", tmp, "-c", conf, "-e", os.path.join(tmp, "relay-error.log")])
+                ng = start_nginx_relay(procs, tmp, "nginx", 1, dec_port)
+                port = ng.port
+                # CPU is counted for nginx's worker process, which the master forks after listening.
+                kids = []
                 for _ in range(200):
-                    try:
-                        socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
+                    kids = subprocess.run(["pgrep", "-P", str(ng.pid)], capture_output=True,
+                                          text=True).stdout.split()
+                    if kids:
                         break
-                    except OSError:
-                        time.sleep(0.05)
-                time.sleep(0.2)  # the worker process starts after the master listens
-                kids = subprocess.run(["pgrep", "-P", str(ng.pid)], capture_output=True, text=True).stdout.split()
+                    time.sleep(0.01)
+                if not kids:
+                    raise SystemExit("nginx relay: no worker process")
                 ng_worker = type("W", (), {"pid": int(kids[0])})()
                 watched["nginx"] = ng_worker
                 decode = f"http://127.0.0.1:{port}"

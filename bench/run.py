@@ -97,6 +97,24 @@ def wait_log(path, pattern, proc, timeout=30.0):
     raise RuntimeError(f"{proc.args[0]} not ready after {timeout}s; see {path}")
 
 
+def start_nginx_relay(procs, tmp, name, workers, decode_port):
+    """nginx as a single-hop relay in front of a decode sim (bench/nginx/relay.conf.in), started with
+    `procs` (a Processes) in `tmp`; the returned process has .port, the relay's port."""
+    port = free_ports(1)[0]
+    os.makedirs(os.path.join(tmp, "tmp"), exist_ok=True)
+    with open(os.path.join(HERE, "nginx", "relay.conf.in")) as f:
+        conf = f.read()
+    for k, v in {"@DIR@": tmp, "@WORKERS@": workers, "@PORT_DECODE@": decode_port, "@PORT_RELAY@": port}.items():
+        conf = conf.replace(k, str(v))
+    path = os.path.join(tmp, name + ".conf")
+    with open(path, "w") as f:
+        f.write(conf)
+    p = procs.start(name, ["nginx", "-p", tmp, "-c", path, "-e", os.path.join(tmp, name + "-error.log")])
+    wait_port(port, proc=p)
+    p.port = port
+    return p
+
+
 class Processes:
     """Everything this script starts, each in its own process group, stopped in reverse order."""
 
@@ -293,21 +311,7 @@ class Bench:
         return pre, dec
 
     def start_relay(self, name, decode_port):
-        """nginx as a single-hop relay in front of a decode sim (bench/nginx/relay.conf.in)."""
-        port = free_ports(1)[0]
-        with open(os.path.join(HERE, "nginx", "relay.conf.in")) as f:
-            conf = f.read()
-        for k, v in {"@DIR@": self.tmp, "@WORKERS@": self.args.nginx_workers, "@PORT_DECODE@": decode_port,
-                     "@PORT_RELAY@": port}.items():
-            conf = conf.replace(k, str(v))
-        path = os.path.join(self.tmp, name + ".conf")
-        with open(path, "w") as f:
-            f.write(conf)
-        p = self.procs.start(name, ["nginx", "-p", self.tmp, "-c", path, "-e",
-                                    os.path.join(self.tmp, name + "-error.log")])
-        wait_port(port, proc=p)
-        p.port = port
-        return p
+        return start_nginx_relay(self.procs, self.tmp, name, self.args.nginx_workers, decode_port)
 
     def start_throughput_contenders(self, names):
         url = lambda k: f"http://127.0.0.1:{self.stub_port[k]}"

@@ -114,6 +114,13 @@ struct connection {
   std::size_t size = 0;
   std::size_t used = 0;
 
+  // Drops the first `n` bytes (parsed), keeping the unparsed rest at the front.
+  void consume(std::size_t n) {
+    if (n == 0) return;
+    std::memmove(buf.get(), buf.get() + n, used - n);
+    used -= n;
+  }
+
   void allocate(std::size_t n) {
     std::unique_ptr<char[]> bigger(new char[n]);
     if (used) std::memcpy(bigger.get(), buf.get(), used);
@@ -359,11 +366,8 @@ net::awaitable<leg_outcome> run_leg(lane& ln, shared_state& st, int ti, std::str
         if (!pec && n > 0) continue;  // progress; more may be parsed from what is buffered
       }
       // Keep the unparsed tail at the front and read behind it.
-      if (pos > 0) {
-        std::memmove(conn->buf.get(), conn->buf.get() + pos, conn->used - pos);
-        conn->used -= pos;
-        pos = 0;
-      }
+      conn->consume(pos);
+      pos = 0;
       if (conn->used == conn->size) {
         // A header (or chunk header) larger than the buffer: grow, within the header limit.
         if (conn->size >= 2 * static_cast<std::size_t>(header_limit)) {
@@ -410,10 +414,7 @@ net::awaitable<leg_outcome> run_leg(lane& ln, shared_state& st, int ti, std::str
       continue;
     }
     // Bytes after the response (a pipelining server) stay for the next one.
-    if (pos > 0) {
-      std::memmove(conn->buf.get(), conn->buf.get() + pos, conn->used - pos);
-      conn->used -= pos;
-    }
+    conn->consume(pos);
     res.complete = true;
     if (parser.keep_alive()) ln.idle[ti].push_back(std::move(conn));
     co_return res;
