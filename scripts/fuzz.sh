@@ -12,7 +12,7 @@ dir=${1:-build-fuzz}
 secs=${2:-30}
 scratch=$(mktemp -d /tmp/pdlb-fuzz.XXXXXX)
 status=0
-for target in ${PDLB_FUZZ_TARGETS:-fuzz_json_scan fuzz_rewrite fuzz_sse fuzz_logprob_merge fuzz_http_session}; do
+for target in ${PDLB_FUZZ_TARGETS:-fuzz_json_scan fuzz_rewrite fuzz_sse fuzz_logprob_merge fuzz_stream_relay fuzz_http_session}; do
   bin=$(find "$dir" -name "$target" -type f -perm -u+x | head -1)
   if [ -z "$bin" ]; then
     echo "fuzz: $target not built in $dir" >&2

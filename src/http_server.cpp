@@ -40,13 +40,6 @@ namespace {
 constexpr auto tuple_awaitable = net::as_tuple(net::use_awaitable);
 }
 
-std::string json_error_body(std::string_view message) {
-  std::string out = "{\"error\":{\"message\":";
-  append_json_string(out, message);
-  out += "}}";
-  return out;
-}
-
 namespace {
 
 // One client connection, reachable from shutdown() through its thread's registry.
@@ -68,6 +61,7 @@ struct connection {
 
 struct thread_state {
   std::unordered_set<connection*> connections;
+  std::unique_ptr<thread_context> ctx;
 };
 
 // "<hex size>\r\n" of a chunk; returns its length.
@@ -171,9 +165,8 @@ namespace {
 
 class exchange_impl final : public exchange {
  public:
-  exchange_impl(connection& conn, request&& req, std::size_t index,
-                const server_options& opts)
-      : conn_(conn), req_(std::move(req)), index_(index), opts_(opts) {
+  exchange_impl(connection& conn, request&& req, thread_context& ctx, const server_options& opts)
+      : conn_(conn), req_(std::move(req)), ctx_(ctx), opts_(opts) {
     keep_alive_ = req_.keep_alive();
     http10_ = req_.version() < 11;
     head_ = req_.method() == http::verb::head;
@@ -181,7 +174,7 @@ class exchange_impl final : public exchange {
 
   const request& req() const override { return req_; }
   request& req() override { return req_; }
-  std::size_t thread_index() const override { return index_; }
+  thread_context& context() override { return ctx_; }
   std::string remote() const override {
     error_code ec;
     auto ep = conn_.stream.socket().remote_endpoint(ec);
@@ -236,17 +229,31 @@ class exchange_impl final : public exchange {
   }
 
   net::awaitable<error_code> write_chunk(std::string_view data) override {
-    if (head_ && streaming_) co_return error_code{};
-    if (!streaming_ || stream_ended_) co_return net::error::operation_not_supported;
-    if (data.empty()) co_return error_code{};
-    if (http10_)
-      co_return co_await send(std::array<net::const_buffer, 1>{net::buffer(data.data(), data.size())});
+    if (auto ec = put_chunk(data)) co_return ec;
+    co_return co_await flush();
+  }
+
+  error_code put_chunk(std::string_view data) override {
+    if (head_ && streaming_) return error_code{};
+    if (!streaming_ || stream_ended_) return net::error::operation_not_supported;
+    if (data.empty()) return error_code{};
+    if (http10_) return put(std::array<net::const_buffer, 1>{net::buffer(data.data(), data.size())});
     char size_line[20];
     std::size_t len = format_chunk_size(data.size(), size_line);
     std::array<net::const_buffer, 3> bufs{net::buffer(size_line, len),
                                           net::buffer(data.data(), data.size()),
                                           net::buffer("\r\n", 2)};
-    co_return co_await send(bufs);
+    return put(bufs);
+  }
+
+  net::awaitable<error_code> flush() override {
+    if (pending_.empty()) co_return error_code{};
+    conn_.stream.expires_after(opts_.write_timeout);
+    auto [wec, n] = co_await net::async_write(conn_.stream, net::buffer(pending_), tuple_awaitable);
+    pending_.clear();
+    if (pending_.capacity() > 64 * 1024) std::string().swap(pending_);
+    if (wec) keep_alive_ = false;
+    co_return wec;
   }
 
   net::awaitable<error_code> end_stream() override {
@@ -289,34 +296,45 @@ class exchange_impl final : public exchange {
   // bytes (the relay's per-thread buffer, say) are free again as soon as this is called.
   template <class Buffers>
   net::awaitable<error_code> send(const Buffers& bufs) {
-    auto& socket = conn_.stream.socket();
+    if (auto ec = put(bufs)) co_return ec;
+    co_return co_await flush();
+  }
+
+  // The part of send() that never suspends: writes what the socket takes at once and copies the
+  // rest into pending_ for flush().
+  template <class Buffers>
+  error_code put(const Buffers& bufs) {
     const std::size_t total = net::buffer_size(bufs);
+    if (!pending_.empty()) {
+      // An earlier piece still waits for flush(): queue behind it, keeping the order.
+      const std::size_t old = pending_.size();
+      pending_.resize(old + total);
+      net::buffer_copy(net::buffer(pending_.data() + old, total), bufs);
+      return error_code{};
+    }
+    auto& socket = conn_.stream.socket();
     error_code ec;
     std::size_t sent = socket.write_some(bufs, ec);
-    if (!ec && sent == total) co_return error_code{};
+    if (!ec && sent == total) return error_code{};
     if (ec == net::error::would_block || ec == net::error::try_again) {
       ec = {};
       sent = 0;
     }
     if (ec) {
       keep_alive_ = false;
-      co_return ec;
+      return ec;
     }
     pending_.resize(total - sent);
     beast::buffers_suffix<Buffers> rest(bufs);
     rest.consume(sent);
     net::buffer_copy(net::buffer(pending_), rest);
-    conn_.stream.expires_after(opts_.write_timeout);
-    auto [wec, n] = co_await net::async_write(conn_.stream, net::buffer(pending_), tuple_awaitable);
-    if (pending_.capacity() > 64 * 1024) std::string().swap(pending_);
-    if (wec) keep_alive_ = false;
-    co_return wec;
+    return error_code{};
   }
 
   connection& conn_;
   std::string pending_;  // bytes that did not fit the socket buffer at once
   request req_;
-  std::size_t index_;
+  thread_context& ctx_;
   const server_options& opts_;
   bool keep_alive_ = true;
   bool http10_ = false;
@@ -553,7 +571,7 @@ net::awaitable<void> http_server::impl::run_session(tcp::socket socket, std::siz
     conn.stream.expires_never();  // the handler's writes set their own deadlines
     if (buffer.size() == 0 && buffer.capacity() > 4096) buffer.shrink_to_fit();
 
-    exchange_impl ex(conn, parser.release(), index, opts);
+    exchange_impl ex(conn, parser.release(), *threads[index].ctx, opts);
     client_watch::begin(watch, conn.stream.socket());
     co_await run_guarded(handler, ex);
     if (client_watch::end(watch, conn.stream.socket())) {
@@ -580,6 +598,7 @@ http_server::http_server(server_options opts, handler_fn handler) : impl_(std::m
   impl_->handler = std::move(handler);
   unsigned n = std::max(1u, impl_->opts.threads);
   impl_->threads.resize(n);
+  for (unsigned i = 0; i < n; ++i) impl_->threads[i].ctx = std::make_unique<thread_context>(i);
   for (unsigned i = 0; i < n; ++i) {
     impl_->contexts.push_back(std::make_unique<net::io_context>(1));
     impl_->guards.emplace_back(net::make_work_guard(*impl_->contexts.back()));
@@ -621,6 +640,8 @@ void http_server::listen() {
 std::uint16_t http_server::port() const { return impl_->bound_port; }
 
 net::io_context& http_server::context(std::size_t i) { return *impl_->contexts.at(i); }
+
+thread_context& http_server::thread_ctx(std::size_t i) { return *impl_->threads.at(i).ctx; }
 
 std::size_t http_server::thread_count() const { return impl_->contexts.size(); }
 

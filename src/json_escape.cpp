@@ -1,5 +1,7 @@
 #include "pdlb/json_escape.hpp"
 
+#include <algorithm>
+
 namespace pdlb {
 
 void append_json_string(std::string& out, std::string_view s) {
@@ -46,6 +48,24 @@ std::string json_string(std::string_view s) {
   std::string out;
   append_json_string(out, s);
   return out;
+}
+
+std::string json_error_body(std::string_view message) {
+  std::string out = "{\"error\":{\"message\":";
+  append_json_string(out, message);
+  out += "}}";
+  return out;
+}
+
+std::string error_snippet(std::string_view body) {
+  constexpr std::size_t max = 512;
+  std::size_t cut = std::min(max, body.size());
+  // Back off UTF-8 continuation bytes (at most three).
+  for (int i = 0; i < 3 && cut < body.size() && cut > 0 && (static_cast<unsigned char>(body[cut]) & 0xC0) == 0x80; ++i)
+    --cut;
+  std::string s(body.substr(0, cut));
+  if (body.size() > cut) s += "...";
+  return s;
 }
 
 }  // namespace pdlb

@@ -2,6 +2,7 @@
 #include "pdlb/config.hpp"
 #include "pdlb/http_server.hpp"
 #include "pdlb/proxy.hpp"
+#include "pdlb/upstream.hpp"
 
 #include <boost/asio/post.hpp>
 #include <boost/asio/signal_set.hpp>
@@ -69,7 +70,7 @@ int main(int argc, char** argv) {
   so.write_timeout = cfg.timeout;
   so.name = "pdlb";
 
-  auto lb = std::make_unique<pdlb::load_balancer>(cfg, cfg.threads);
+  auto lb = std::make_unique<pdlb::load_balancer>(cfg);
   pdlb::http_server server(so, [&lb](pdlb::exchange& ex) { return lb->handle(ex); });
   try {
     server.listen();
@@ -110,7 +111,7 @@ int main(int argc, char** argv) {
                                                         std::chrono::milliseconds(100)));
     t.async_wait([&, i](boost::system::error_code ec) {
       if (ec) return;
-      lb->prune_idle(i);
+      server.thread_ctx(i).pools().prune();
       schedule_prune(i);
     });
   };
@@ -138,7 +139,7 @@ int main(int argc, char** argv) {
         for (std::size_t i = 0; i < server.thread_count(); ++i)
           boost::asio::post(server.context(i), [&, i] {
             prune_timers[i]->cancel();
-            lb->close_idle(i);
+            server.thread_ctx(i).pools().close_all();
           });
         server.release();
         spdlog::info("all requests finished; exiting");

@@ -2,12 +2,14 @@
 
 namespace pdlb {
 
+std::mt19937_64 seeded_rng() {
+  std::random_device rd;
+  std::seed_seq seq{rd(), rd(), rd(), rd(), rd(), rd(), rd(), rd()};
+  return std::mt19937_64(seq);
+}
+
 std::mt19937_64& thread_rng() {
-  thread_local std::mt19937_64 rng = [] {
-    std::random_device rd;
-    std::seed_seq seq{rd(), rd(), rd(), rd(), rd(), rd(), rd(), rd()};
-    return std::mt19937_64(seq);
-  }();
+  thread_local std::mt19937_64 rng = seeded_rng();
   return rng;
 }
 

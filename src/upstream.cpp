@@ -18,6 +18,8 @@
 
 #include <sys/socket.h>
 
+#include <unordered_map>
+
 #include <algorithm>
 #include <array>
 #include <cerrno>
@@ -58,21 +60,7 @@ const boost::system::error_category& upstream_category() {
 
 error_code make_error_code(upstream_errc e) { return {static_cast<int>(e), upstream_category()}; }
 
-char* upstream_scratch() {
-  thread_local std::unique_ptr<char[]> buf(new char[upstream_scratch_size]);
-  return buf.get();
-}
-
 namespace {
-
-// The calling thread's buffer for raw bytes read from worker sockets (chunk framing and all),
-// parsed into the caller's buffer before any suspension. Separate from upstream_scratch(), which
-// is usually that caller's buffer.
-constexpr std::size_t socket_scratch_size = 64 * 1024;
-char* socket_scratch() {
-  thread_local std::unique_ptr<char[]> buf(new char[socket_scratch_size]);
-  return buf.get();
-}
 
 // Unparsed bytes up to this size (a partial chunk header, the CRLF ending a chunk) are carried
 // into the socket scratch for the next read; more than that is read in the connection's own buffer.
@@ -160,14 +148,12 @@ struct upstream_host::impl {
   conn_limiter host_limit;
   std::shared_ptr<conn_limiter> global_limit;
   std::atomic<std::size_t> open{0};
-  std::vector<std::vector<std::unique_ptr<pooled_conn>>> idle;  // per thread
+  std::atomic<bool> retired{false};
   std::mutex resolve_mutex;
   std::vector<tcp::endpoint> endpoints;  // cached resolution
-  std::string request_prefix;  // " " + path prefix, used when building request lines
 
-  impl(worker_url u, std::size_t threads, std::size_t per_host, std::shared_ptr<conn_limiter> g,
-       upstream_options o)
-      : url(std::move(u)), opts(o), host_limit(per_host), global_limit(std::move(g)), idle(threads) {}
+  impl(worker_url u, std::size_t per_host, std::shared_ptr<conn_limiter> g, upstream_options o)
+      : url(std::move(u)), opts(o), host_limit(per_host), global_limit(std::move(g)) {}
 
   void on_closed() {
     open.fetch_sub(1, std::memory_order_relaxed);
@@ -179,21 +165,21 @@ struct upstream_host::impl {
 namespace detail {
 
 struct pooled_conn {
-  pooled_conn(const net::any_io_executor& ex, upstream_host::impl& h)
-      : stream(ex), deadline(ex, stream.socket()), host(h) {
-    host.open.fetch_add(1, std::memory_order_relaxed);
+  pooled_conn(const net::any_io_executor& ex, std::shared_ptr<upstream_host::impl> h)
+      : stream(ex), deadline(ex, stream.socket()), host(std::move(h)) {
+    host->open.fetch_add(1, std::memory_order_relaxed);
   }
   ~pooled_conn() {
     error_code ignored;
     stream.socket().close(ignored);
-    host.on_closed();
+    host->on_closed();
   }
   beast::tcp_stream stream;
   lazy_deadline deadline;  // the response timeout of each wait for the worker
   beast::flat_buffer buffer;
   bool drained = false;  // the last body read left the socket empty (see read_some)
   clock_type::time_point idle_since;
-  upstream_host::impl& host;
+  std::shared_ptr<upstream_host::impl> host;  // its slots are freed when the connection closes
 };
 
 }  // namespace detail
@@ -210,27 +196,54 @@ bool looks_alive(pooled_conn& c) {
 
 }  // namespace
 
-upstream_host::upstream_host(worker_url url, std::size_t threads, std::size_t per_host_limit,
+upstream_host::upstream_host(worker_url url, std::size_t per_host_limit,
                              std::shared_ptr<conn_limiter> global_limit, upstream_options opts)
-    : impl_(std::make_unique<impl>(std::move(url), threads, per_host_limit, std::move(global_limit),
-                                   opts)) {}
+    : impl_(std::make_shared<impl>(std::move(url), per_host_limit, std::move(global_limit), opts)) {}
 
-upstream_host::~upstream_host() = default;
+upstream_host::~upstream_host() { retire(); }
 
 const worker_url& upstream_host::url() const { return impl_->url; }
 
 std::size_t upstream_host::open_connections() const { return impl_->open.load(); }
 
-void upstream_host::close_idle(std::size_t thread) { impl_->idle.at(thread).clear(); }
+void upstream_host::retire() { impl_->retired.store(true, std::memory_order_relaxed); }
 
-void upstream_host::prune_idle(std::size_t thread) {
-  auto& list = impl_->idle.at(thread);
+// ---------------------------------------------------------------------------------------------
+// upstream_pools
+
+struct upstream_pools::impl {
+  // Per worker, in the order connections were returned: the oldest at the front.
+  std::unordered_map<const upstream_host::impl*, std::vector<std::unique_ptr<pooled_conn>>> idle;
+};
+
+upstream_pools::upstream_pools() : impl_(std::make_unique<impl>()) {}
+
+upstream_pools::~upstream_pools() = default;
+
+void upstream_pools::close_all() { impl_->idle.clear(); }
+
+void upstream_pools::prune() {
   auto now = clock_type::now();
-  // The list is in the order connections were returned: the oldest are at the front.
-  auto first_fresh = std::find_if(list.begin(), list.end(), [&](const auto& c) {
-    return now - c->idle_since < impl_->opts.idle_timeout;
-  });
-  list.erase(list.begin(), first_fresh);
+  for (auto it = impl_->idle.begin(); it != impl_->idle.end();) {
+    auto& list = it->second;
+    const upstream_host::impl& host = *it->first;
+    if (host.retired.load(std::memory_order_relaxed)) {
+      list.clear();
+    } else {
+      auto first_fresh = std::find_if(list.begin(), list.end(), [&](const auto& c) {
+        return now - c->idle_since < host.opts.idle_timeout;
+      });
+      list.erase(list.begin(), first_fresh);
+    }
+    // An empty list is dropped with its key, which may name a worker that is gone.
+    it = list.empty() ? impl_->idle.erase(it) : std::next(it);
+  }
+}
+
+std::size_t upstream_pools::idle_count() const {
+  std::size_t n = 0;
+  for (const auto& [host, list] : impl_->idle) n += list.size();
+  return n;
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -293,15 +306,17 @@ class response_head_parser : public http::basic_parser<false> {
 }  // namespace
 
 struct upstream_call::impl {
+  std::shared_ptr<upstream_host::impl> host_ref;  // shared with the connections it opens
   upstream_host::impl& host;
-  std::size_t thread;
+  thread_context& ctx;
   std::unique_ptr<pooled_conn> conn;
   std::optional<response_head_parser> parser;
   bool body_done = false;
   unsigned status = 0;  // kept after release(), like content_type
   std::string content_type;
 
-  impl(upstream_host::impl& h, std::size_t t) : host(h), thread(t) {}
+  impl(std::shared_ptr<upstream_host::impl> h, thread_context& c)
+      : host_ref(std::move(h)), host(*host_ref), ctx(c) {}
 
   // The response timeout around one wait (see lazy_deadline).
   void arm_deadline() { conn->deadline.begin(host.opts.response_timeout); }
@@ -372,7 +387,10 @@ struct upstream_call::impl {
   }
 
   std::unique_ptr<pooled_conn> take_idle() {
-    auto& list = host.idle[thread];
+    auto& pools = ctx.pools().impl_->idle;
+    auto found = pools.find(&host);
+    if (found == pools.end()) return nullptr;
+    auto& list = found->second;
     auto now = clock_type::now();
     while (!list.empty()) {
       std::unique_ptr<pooled_conn> c = std::move(list.back());
@@ -414,7 +432,7 @@ struct upstream_call::impl {
       co_return ec;
     }
     // From here the slots belong to the connection object and are freed with it.
-    conn = std::make_unique<pooled_conn>(co_await net::this_coro::executor, host);
+    conn = std::make_unique<pooled_conn>(co_await net::this_coro::executor, host_ref);
     where = phase::connect;
     std::vector<tcp::endpoint> endpoints;
     if (auto ec = co_await resolve(endpoints)) co_return ec;
@@ -434,8 +452,8 @@ struct upstream_call::impl {
   }
 };
 
-upstream_call::upstream_call(upstream_host& host, std::size_t thread)
-    : impl_(std::make_unique<impl>(host.get_impl(), thread)) {}
+upstream_call::upstream_call(upstream_host& host, thread_context& ctx)
+    : impl_(std::make_unique<impl>(host.impl_, ctx)) {}
 
 upstream_call::~upstream_call() = default;
 
@@ -526,27 +544,31 @@ std::string_view upstream_call::content_type() const { return impl_->content_typ
 // CRLF that ends a chunk is parsed with the next chunk's header) stay in the connection's buffer,
 // shrunk to fit. An SSE stream that trickles one event at a time then holds a few bytes per stream
 // instead of a 64 KB read buffer, and a burst is read 64 KB at a time instead of Beast's 512 bytes.
-net::awaitable<error_code> upstream_call::read_some(char* buf, std::size_t cap, std::size_t& n,
-                                                    bool& done) {
-  n = 0;
-  done = impl_->body_done;
-  if (done) co_return error_code{};
+net::awaitable<error_code> upstream_call::read_some(body_piece& out) {
+  out = body_piece{};
+  out.done = impl_->body_done;
+  if (out.done) co_return error_code{};
   if (!impl_->conn || !impl_->parser) co_return net::error::not_connected;
   auto& c = *impl_->conn;
   auto& p = *impl_->parser;
+  auto& ctx = impl_->ctx;
+  const std::size_t cap = ctx.body_scratch().size();
   auto fail = [&](error_code ec) {
     impl_->conn.reset();
+    out = body_piece{};
     return ec;
   };
-  // Parses [data, data + len) into the caller's buffer; returns the bytes used. Stops when the
-  // caller's buffer is full, the parser needs more bytes, or the body ended.
+  // Parses [data, data + len) into the thread's body scratch, lent to `out` from the first byte;
+  // returns the bytes used. Stops when the scratch is full, the parser needs more bytes, or the
+  // body ended.
   auto feed = [&](const char* data, std::size_t len, error_code& ec) {
     std::size_t used_total = 0;
-    while (used_total < len && n < cap && !p.is_done()) {
-      p.set_target(buf + n, cap - n);
+    while (used_total < len && out.size < cap && !p.is_done()) {
+      if (!out.lease) out.lease = ctx.body_scratch().take();
+      p.set_target(out.lease.data() + out.size, cap - out.size);
       std::size_t used = p.put(net::buffer(data + used_total, len - used_total), ec);
       used_total += used;
-      n = cap - p.target_room();
+      out.size = cap - p.target_room();
       if (ec == http::error::need_buffer || ec == http::error::need_more) {
         ec = {};
         break;
@@ -556,12 +578,12 @@ net::awaitable<error_code> upstream_call::read_some(char* buf, std::size_t cap, 
     return used_total;
   };
   auto finished = [&] {
-    impl_->body_done = done = true;
+    impl_->body_done = out.done = true;
     phase_ = phase::done;
   };
   for (;;) {
     // Bytes kept from before (the rest of a header read, or an unparsed tail) come first.
-    if (c.buffer.size() > 0 && n < cap) {
+    if (c.buffer.size() > 0 && out.size < cap) {
       error_code ec;
       auto d = c.buffer.data();
       c.buffer.consume(feed(static_cast<const char*>(d.data()), d.size(), ec));
@@ -571,23 +593,26 @@ net::awaitable<error_code> upstream_call::read_some(char* buf, std::size_t cap, 
       finished();
       co_return error_code{};
     }
-    if (n > 0) co_return error_code{};
+    if (out.size > 0) co_return error_code{};
+    out.lease.reset();  // nothing in it, and the reads below may suspend
 
     // Nothing to hand out yet: read from the socket, waiting for it only when it has nothing.
     error_code rec;
     std::size_t got = 0;
     std::size_t keep = c.buffer.size();
     if (keep <= small_leftover) {
-      char* raw = socket_scratch();
+      auto raw_lease = ctx.socket_scratch().take();
+      const std::size_t raw_size = raw_lease.size();
       if (!c.drained) {
-        got = c.stream.socket().read_some(net::buffer(raw + keep, socket_scratch_size - keep), rec);
-        c.drained = !rec && got < socket_scratch_size - keep;
+        got = c.stream.socket().read_some(net::buffer(raw_lease.data() + keep, raw_size - keep), rec);
+        c.drained = !rec && got < raw_size - keep;
       } else {
         rec = net::error::would_block;  // the last read emptied the socket: do not try again
       }
       if (rec == net::error::would_block || rec == net::error::try_again) {
         // Wait by reading: the next bytes land in `inbox`, in this coroutine's frame, so one system
         // call both waits and reads and epoll is not re-armed (a streamed event costs one recv).
+        raw_lease.reset();  // other streams of this thread use the scratch meanwhile
         c.buffer.shrink_to_fit();  // keep only the unparsed bytes (often none) while waiting
         char inbox[1024];
         impl_->arm_deadline();
@@ -595,22 +620,23 @@ net::awaitable<error_code> upstream_call::read_some(char* buf, std::size_t cap, 
         if (impl_->disarm_deadline()) co_return fail(beast::error::timeout);
         rec = wec;
         got = m;
-        // The scratch may have served other streams meanwhile: rebuild it from what this one kept.
-        raw = socket_scratch();
+        raw_lease = ctx.socket_scratch().take();
         keep = c.buffer.size();
-        std::memcpy(raw + keep, inbox, m);
+        std::memcpy(raw_lease.data() + keep, inbox, m);
         c.drained = !wec && m < sizeof inbox;
         if (!wec && m == sizeof inbox) {
           // A larger piece (an event longer than the inbox): take the rest now, so that the caller
           // gets whole events rather than a first kilobyte.
           error_code more_ec;
-          const std::size_t room = socket_scratch_size - keep - m;
-          const std::size_t more = c.stream.socket().read_some(net::buffer(raw + keep + m, room), more_ec);
+          const std::size_t room = raw_size - keep - m;
+          const std::size_t more =
+              c.stream.socket().read_some(net::buffer(raw_lease.data() + keep + m, room), more_ec);
           if (!more_ec) got += more;
           c.drained = more_ec == net::error::would_block || (!more_ec && more < room);
         }
       }
       if (!rec) {
+        char* raw = raw_lease.data();
         if (keep) std::memcpy(raw, c.buffer.data().data(), keep);
         error_code ec;
         const std::size_t used = feed(raw, keep + got, ec);
@@ -624,7 +650,7 @@ net::awaitable<error_code> upstream_call::read_some(char* buf, std::size_t cap, 
         continue;
       }
     } else {
-      // A large unparsed tail (the caller's buffer filled up): read behind it in place.
+      // A large unparsed tail (the body scratch filled up): read behind it in place.
       got = c.stream.socket().read_some(c.buffer.prepare(65536), rec);
       c.buffer.commit(got);
       if (!rec) continue;
@@ -654,16 +680,14 @@ net::awaitable<error_code> upstream_call::read_all(std::string& out, std::size_t
     if (auto len = impl_->parser->content_length(); len && *len <= limit) out.reserve(out.size() + *len);
   }
   for (;;) {
-    std::size_t n = 0;
-    bool done = false;
-    char* chunk = upstream_scratch();
-    if (auto ec = co_await read_some(chunk, upstream_scratch_size, n, done)) co_return ec;
-    if (out.size() + n > limit) {
+    body_piece piece;
+    if (auto ec = co_await read_some(piece)) co_return ec;
+    if (out.size() + piece.size > limit) {
       abort();
       co_return upstream_errc::response_too_large;
     }
-    out.append(chunk, n);
-    if (done) co_return error_code{};
+    out.append(piece.bytes());
+    if (piece.done) co_return error_code{};
   }
 }
 
@@ -672,7 +696,7 @@ void upstream_call::release() {
   if (i.conn && i.parser && i.body_done && i.parser->keep_alive() && i.conn->buffer.size() == 0) {
     i.conn->idle_since = clock_type::now();
     i.conn->stream.expires_never();  // idle: liveness is checked when it is taken again
-    auto& list = i.host.idle[i.thread];
+    auto& list = i.ctx.pools().impl_->idle[&i.host];
     // Somebody waits for a slot: free ours instead of parking an idle connection.
     if (i.host.host_limit.has_waiters() || i.host.global_limit->has_waiters()) {
       i.conn.reset();

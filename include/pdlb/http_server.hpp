@@ -24,6 +24,9 @@
 #include <string_view>
 #include <vector>
 
+#include "pdlb/json_escape.hpp"  // json_error_body, for every handler
+#include "pdlb/thread_context.hpp"
+
 namespace pdlb {
 
 namespace net = boost::asio;
@@ -64,8 +67,8 @@ class exchange {
   virtual const request& req() const = 0;
   /// Mutable access, so a handler can take the body without copying it.
   virtual request& req() = 0;
-  /// Index of the server thread (and io_context) this connection lives on.
-  virtual std::size_t thread_index() const = 0;
+  /// The state of the server thread this connection lives on (and every handler of it runs on).
+  virtual thread_context& context() = 0;
   /// Address of the client, for logs.
   virtual std::string remote() const = 0;
 
@@ -80,6 +83,12 @@ class exchange {
       std::string_view extra_headers = {}) = 0;
   /// Sends one piece of a streamed response, flushed at once. Empty data is a no-op.
   virtual net::awaitable<error_code> write_chunk(std::string_view data) = 0;
+  /// Starts sending one piece of a streamed response without suspending: what the socket does not
+  /// take at once is copied, so `data` is free again when this returns. flush() then waits until
+  /// the piece is written. A failure means the client is gone.
+  virtual error_code put_chunk(std::string_view data) = 0;
+  /// Waits until what put_chunk() copied is written (at once if nothing was).
+  virtual net::awaitable<error_code> flush() = 0;
   /// Ends a streamed response.
   virtual net::awaitable<error_code> end_stream() = 0;
   /// Ends a streamed response abnormally: the connection is closed without the final chunk, so the
@@ -100,9 +109,6 @@ class exchange {
 /// The request handler. Runs on the connection's thread.
 using handler_fn = std::function<net::awaitable<void>(exchange&)>;
 
-/// A `{"error":{"message":...}}` JSON body, with the message escaped.
-std::string json_error_body(std::string_view message);
-
 class http_server {
  public:
   http_server(server_options opts, handler_fn handler);
@@ -116,6 +122,8 @@ class http_server {
   std::uint16_t port() const;
   /// The io_context of thread i (0 <= i < thread_count()).
   net::io_context& context(std::size_t i);
+  /// The state of thread i (0 <= i < thread_count()); use it on that thread only.
+  thread_context& thread_ctx(std::size_t i);
   std::size_t thread_count() const;
 
   /// Runs all threads (the calling one is thread 0) until the server has stopped.

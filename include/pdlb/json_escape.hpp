@@ -35,4 +35,11 @@ void append_json_string(std::string& out, std::string_view s);
 /// `s` as a quoted JSON string.
 std::string json_string(std::string_view s);
 
+/// A `{"error":{"message":...}}` JSON body, with the message escaped.
+std::string json_error_body(std::string_view message);
+
+/// A worker's answer shortened for an error message: at most 512 bytes, cut on a UTF-8 character
+/// boundary, with "..." when cut.
+std::string error_snippet(std::string_view body);
+
 }  // namespace pdlb

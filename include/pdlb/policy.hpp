@@ -10,7 +10,10 @@
 
 namespace pdlb {
 
-/// The random engine of the calling thread (seeded from std::random_device).
+/// A random engine seeded from std::random_device (256 bits).
+std::mt19937_64 seeded_rng();
+
+/// The random engine of the calling thread (seeded_rng()), for code without a thread_context.
 std::mt19937_64& thread_rng();
 
 /// A uniform bootstrap room in [0, 2^63 - 1], as minilb's random.randint(0, 2**63 - 1).

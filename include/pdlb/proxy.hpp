@@ -8,6 +8,7 @@
 #include <atomic>
 #include <memory>
 #include <optional>
+#include <random>
 #include <string>
 #include <vector>
 
@@ -33,16 +34,11 @@ struct lb_counters {
 
 class load_balancer {
  public:
-  load_balancer(const config& cfg, std::size_t threads);
+  explicit load_balancer(const config& cfg);
   ~load_balancer();
 
   /// The server's request handler.
   net::awaitable<void> handle(exchange& ex);
-
-  /// Closes idle upstream connections of one thread (at shutdown); call it on that thread.
-  void close_idle(std::size_t thread);
-  /// Closes idle upstream connections past the idle timeout on one thread; call it on that thread.
-  void prune_idle(std::size_t thread);
 
   /// One status line for the periodic log: rates since the previous call, in-flight counts.
   std::string status_line(double seconds_since_last);
@@ -54,9 +50,11 @@ class load_balancer {
   const std::vector<std::unique_ptr<worker>>& decode_workers() const { return decode_; }
 
  private:
-  struct route;
+  friend class pd_request;
   net::awaitable<void> dispatch(exchange& ex);
-  net::awaitable<void> handle_pd(exchange& ex, std::string_view path, bool openai);
+  /// A worker of `pool` (not empty) by the configured policy.
+  worker& pick(const std::vector<std::unique_ptr<worker>>& pool, std::atomic<std::size_t>& rr,
+               std::mt19937_64& rng);
   net::awaitable<void> handle_fan_out(exchange& ex, std::string_view path, bool get);
   /// Calls every worker; answers 200 if all succeed, else `failure_status` naming the failures.
   net::awaitable<void> fan_out_and_answer(exchange& ex, std::string method, std::string path,

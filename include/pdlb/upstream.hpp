@@ -1,11 +1,13 @@
-// Pooled HTTP/1.1 client connections to one worker.
+// Pooled HTTP/1.1 client connections to workers.
 //
-// Each server thread keeps its own idle list per worker (no locks on the hot path); the connector
-// limits are shared across threads. A request taken on a pooled connection that the worker closed
-// while idle is retried once on a fresh connection, so a stale keep-alive never fails a client.
+// Each server thread keeps its own idle connections (upstream_pools, owned by its thread_context:
+// no locks on the hot path); the connector limits are shared across threads. A request taken on a
+// pooled connection that the worker closed while idle is retried once on a fresh connection, so a
+// stale keep-alive never fails a client.
 #pragma once
 
 #include "pdlb/config.hpp"
+#include "pdlb/thread_context.hpp"
 
 #include <boost/asio/any_io_executor.hpp>
 #include <boost/asio/awaitable.hpp>
@@ -58,12 +60,6 @@ class conn_limiter {
   std::list<std::shared_ptr<waiter>> waiters_;
 };
 
-/// The calling thread's buffer for body bytes read from workers (upstream_scratch_size bytes). It
-/// may only be used between a read and the (copying) write that forwards it, with no suspension in
-/// between; then one buffer per thread serves every stream on it and none stays resident per stream.
-char* upstream_scratch();
-inline constexpr std::size_t upstream_scratch_size = 64 * 1024;
-
 /// Timeouts and limits for upstream calls.
 struct upstream_options {
   std::chrono::milliseconds connect_timeout{std::chrono::seconds(10)};
@@ -74,11 +70,11 @@ struct upstream_options {
   std::uint32_t header_limit = 64 * 1024;
 };
 
-/// One worker's connections, for all threads.
+/// One worker's connection slots and address, for all threads.
 class upstream_host {
  public:
-  upstream_host(worker_url url, std::size_t threads, std::size_t per_host_limit,
-                std::shared_ptr<conn_limiter> global_limit, upstream_options opts);
+  upstream_host(worker_url url, std::size_t per_host_limit, std::shared_ptr<conn_limiter> global_limit,
+                upstream_options opts);
   ~upstream_host();
   upstream_host(const upstream_host&) = delete;
   upstream_host& operator=(const upstream_host&) = delete;
@@ -86,17 +82,47 @@ class upstream_host {
   const worker_url& url() const;
   /// Open connections (idle and busy) to this worker.
   std::size_t open_connections() const;
-  /// Closes the idle connections of one thread; call it on that thread.
-  void close_idle(std::size_t thread);
-  /// Closes one thread's idle connections older than the idle timeout (so that a quiet pdlb does
-  /// not hold sockets the workers have long closed); call it on that thread.
-  void prune_idle(std::size_t thread);
+  /// The worker left: each thread closes its idle connections to it at its next prune.
+  void retire();
 
   struct impl;
-  impl& get_impl() { return *impl_; }
 
  private:
+  friend class upstream_call;
+  std::shared_ptr<impl> impl_;  // shared with its pooled connections, which may outlive this
+};
+
+/// One thread's idle connections to every worker (owned by its thread_context).
+class upstream_pools {
+ public:
+  upstream_pools();
+  ~upstream_pools();
+  upstream_pools(const upstream_pools&) = delete;
+  upstream_pools& operator=(const upstream_pools&) = delete;
+
+  /// Closes every idle connection (at shutdown).
+  void close_all();
+  /// Closes the connections idle longer than their worker's idle timeout (so that a quiet pdlb does
+  /// not hold sockets the workers have long closed), and all of those to retired workers.
+  void prune();
+  /// Idle connections held.
+  std::size_t idle_count() const;
+
+  struct impl;
+
+ private:
+  friend class upstream_call;
   std::unique_ptr<impl> impl_;
+};
+
+/// Body bytes handed out by upstream_call::read_some(). They sit in the thread's body scratch,
+/// lent until `lease` is reset or this object destroyed, which must happen before its holder
+/// suspends (see scratch_buffer).
+struct body_piece {
+  scratch_buffer::lease lease;  ///< Empty when the piece has no bytes.
+  std::size_t size = 0;
+  bool done = false;  ///< The body ended with this piece.
+  std::string_view bytes() const { return lease ? std::string_view(lease.data(), size) : std::string_view(); }
 };
 
 /// One request to a worker: start() sends it and reads the response header, read_some()/read_all()
@@ -106,7 +132,8 @@ class upstream_call {
  public:
   enum class phase { idle, acquire, connect, send, header, body, done };
 
-  upstream_call(upstream_host& host, std::size_t thread);
+  /// A call from `ctx`'s thread, on which it must stay.
+  upstream_call(upstream_host& host, thread_context& ctx);
   ~upstream_call();
   upstream_call(const upstream_call&) = delete;
   upstream_call& operator=(const upstream_call&) = delete;
@@ -118,8 +145,8 @@ class upstream_call {
   unsigned status() const;
   /// Content-Type of the response (after start()).
   std::string_view content_type() const;
-  /// Reads some body bytes into buf (up to cap); n is how many; done is true once the body ended.
-  net::awaitable<error_code> read_some(char* buf, std::size_t cap, std::size_t& n, bool& done);
+  /// Reads the next body bytes (at least one, unless the body ended).
+  net::awaitable<error_code> read_some(body_piece& out);
   /// Reads the whole remaining body, appending to out, failing past `limit` bytes.
   net::awaitable<error_code> read_all(std::string& out, std::size_t limit);
   /// Returns the connection to the pool if the response ended cleanly and allows keep-alive.

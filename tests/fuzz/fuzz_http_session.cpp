@@ -132,7 +132,7 @@ pdlb_instance make_pdlb(const harness& h, bool keyed) {
   so.name = "pdlb";
 
   pdlb_instance out;
-  out.lb = std::make_unique<pdlb::load_balancer>(cfg, 1);
+  out.lb = std::make_unique<pdlb::load_balancer>(cfg);
   out.server = std::make_unique<pdlb::http_server>(
       so, [lb = out.lb.get()](pdlb::exchange& ex) { return lb->handle(ex); });
   return out;
@@ -439,7 +439,7 @@ void run_one(pdlb_instance& inst, std::uint8_t mode, std::string_view in) {
   for (const auto* pool : {&lb.prefill_workers(), &lb.decode_workers()})
     for (const auto& w : *pool) open += w->host->open_connections();
   if (open > 8 || H->inputs % 64 == 0) {
-    inst.lb->close_idle(0);
+    inst.server->thread_ctx(0).pools().close_all();
     for (const auto* pool : {&lb.prefill_workers(), &lb.decode_workers()})
       for (const auto& w : *pool)
         if (w->host->open_connections() != 0)

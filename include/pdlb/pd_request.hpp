@@ -1,0 +1,74 @@
+// One prefill/decode request, from the client's body to the client's answer.
+//
+// The request object alone picks the worker pair, rewrites the body, runs both legs, decides the
+// answer and writes it. An attempt runs one pair: both legs at once, each returning a complete,
+// typed result; the attempt's verdict (a pure function of the two results) says what the client
+// gets. A stream is relayed only once both legs are known to be good, so an attempt that fails has
+// sent the client nothing, and running the pair again is one call (pd_request::attempt).
+#pragma once
+
+#include "pdlb/http_server.hpp"
+#include "pdlb/logprob_merge.hpp"
+
+#include <memory>
+#include <string>
+#include <string_view>
+
+namespace pdlb {
+
+class load_balancer;
+class worker_call;
+struct worker;
+
+/// How one leg (one worker's part of an attempt) ended.
+enum class leg_end {
+  cancelled,  ///< Cancelled: by the other leg's failure, or because the client left.
+  answered,   ///< The worker answered (any status; see leg_result::status).
+  failed,     ///< No usable answer: a transport failure, a timeout, a malformed response.
+};
+
+/// A leg's result. Default-constructed, it reads as cancelled (what a leg that threw leaves).
+struct leg_result {
+  leg_end end = leg_end::cancelled;
+  worker* target = nullptr;     ///< The leg's worker (set unless cancelled).
+  unsigned status = 0;          ///< The worker's status, when it answered.
+  std::string content_type;     ///< The worker's Content-Type, when it answered.
+  std::string body;             ///< The worker's whole answer (not for a stream being relayed).
+  /// For failed, or a prefill's error answer: what went wrong, naming the worker (and the phase).
+  std::string failure;
+  /// For failed, or a prefill's error answer: the status the client gets.
+  http::status failure_status = http::status::bad_gateway;
+  bool ok() const { return end == leg_end::answered && status >= 200 && status < 300; }
+};
+
+/// The prefill leg's result: its logprobs, read from its answer when asked for.
+struct prefill_result : leg_result {
+  prefill_logprobs logprobs;
+};
+
+/// The decode leg's result. For a stream answered 2xx, `stream` holds the call whose body is still
+/// to be relayed (the worker's in-flight count with it); otherwise the whole answer is in `body`.
+struct decode_result : leg_result {
+  decode_result();
+  ~decode_result();
+  decode_result(decode_result&&) noexcept;
+  decode_result& operator=(decode_result&&) noexcept;
+  std::unique_ptr<worker_call> stream;
+};
+
+/// What an attempt's two results mean for the client.
+enum class attempt_verdict {
+  client_gone,     ///< Nothing failed, yet a leg was cancelled: the client left.
+  prefill_failed,  ///< The prefill failed or answered an error: the client gets a gateway error.
+  decode_failed,   ///< The decode failed: the client gets a gateway error.
+  decode_answer,   ///< The client gets the decode's answer (the decode's own error answer too).
+};
+
+/// The verdict on an attempt. A prefill failure comes first: it usually causes the decode's.
+attempt_verdict judge_attempt(const prefill_result& p, const decode_result& d);
+
+/// Serves a request to /generate (openai false), /v1/completions or /v1/chat/completions.
+net::awaitable<void> serve_pd_request(load_balancer& lb, exchange& ex, std::string_view path,
+                                      bool openai);
+
+}  // namespace pdlb

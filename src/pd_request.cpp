@@ -1,0 +1,313 @@
+#include "pdlb/pd_request.hpp"
+
+#include "pdlb/policy.hpp"
+#include "pdlb/proxy.hpp"
+#include "pdlb/rewrite.hpp"
+#include "pdlb/stream_relay.hpp"
+#include "pdlb/upstream.hpp"
+
+#include <boost/asio/co_spawn.hpp>
+#include <boost/asio/deferred.hpp>
+#include <boost/asio/experimental/parallel_group.hpp>
+#include <boost/asio/this_coro.hpp>
+#include <boost/asio/use_awaitable.hpp>
+#include <boost/beast/core/error.hpp>
+#include <spdlog/spdlog.h>
+
+namespace pdlb {
+
+/// A call to one worker for one leg. It holds the worker's lease (its in-flight count) exactly as
+/// long as the worker works on the request: until finish(), or until the call is destroyed, which
+/// closes an unfinished connection (the worker sees the close and aborts the request).
+class worker_call {
+ public:
+  worker_call(worker& w, thread_context& ctx) : worker_(w), call_(*w.host, ctx) {
+    worker_.in_flight.fetch_add(1, std::memory_order_relaxed);
+    worker_.requests.fetch_add(1, std::memory_order_relaxed);
+  }
+  ~worker_call() { end_lease(); }
+  worker_call(const worker_call&) = delete;
+  worker_call& operator=(const worker_call&) = delete;
+
+  upstream_call& call() { return call_; }
+  worker& target() { return worker_; }
+  /// The answer was read whole: the connection goes back to the pool, the lease ends.
+  void finish() {
+    call_.release();
+    end_lease();
+  }
+
+ private:
+  void end_lease() {
+    if (leased_) worker_.in_flight.fetch_sub(1, std::memory_order_relaxed);
+    leased_ = false;
+  }
+  worker& worker_;
+  upstream_call call_;
+  bool leased_ = true;
+};
+
+decode_result::decode_result() = default;
+decode_result::~decode_result() = default;
+decode_result::decode_result(decode_result&&) noexcept = default;
+decode_result& decode_result::operator=(decode_result&&) noexcept = default;
+
+attempt_verdict judge_attempt(const prefill_result& p, const decode_result& d) {
+  if (p.end == leg_end::failed || (p.end == leg_end::answered && !p.ok()))
+    return attempt_verdict::prefill_failed;
+  if (d.end == leg_end::failed) return attempt_verdict::decode_failed;
+  // The decode's own error answer is relayed; the prefill was cancelled because of it.
+  if (d.end == leg_end::answered && !d.ok()) return attempt_verdict::decode_answer;
+  if (p.end == leg_end::cancelled || d.end == leg_end::cancelled) return attempt_verdict::client_gone;
+  return attempt_verdict::decode_answer;
+}
+
+namespace {
+
+constexpr std::size_t error_answer_limit = 64 * 1024;
+
+bool is_2xx(unsigned status) { return status >= 200 && status < 300; }
+
+http::status status_for(const error_code& ec) {
+  if (ec == beast::error::timeout) return http::status::gateway_timeout;
+  if (ec == upstream_errc::pool_exhausted) return http::status::service_unavailable;
+  return http::status::bad_gateway;
+}
+
+std::string_view role_name(const worker& w) { return w.prefill ? "prefill" : "decode"; }
+
+// "<role> worker <url> failed while <phase>: <reason>"
+std::string describe_failure(const worker& w, const upstream_call& call, const error_code& ec) {
+  std::string msg(role_name(w));
+  msg += " worker ";
+  msg += w.host->url().url;
+  msg += " failed while ";
+  msg += upstream_call::phase_name(call.where());
+  msg += ": ";
+  msg += ec == beast::error::timeout ? std::string("timed out") : ec.message();
+  return msg;
+}
+
+// A leg's result for a call that failed with `ec`; a cancelled call is not a failure of its own.
+template <class Result>
+Result failed_leg(worker_call& wc, const error_code& ec) {
+  Result r;
+  if (ec == net::error::operation_aborted) return r;  // cancelled
+  r.target = &wc.target();
+  r.end = leg_end::failed;
+  r.failure = describe_failure(wc.target(), wc.call(), ec);
+  r.failure_status = status_for(ec);
+  return r;
+}
+
+// Stops the other leg at once when one fails or answers an error: its connection is closed, so the
+// worker frees what it holds (a prefill whose decode refused the request would otherwise keep its
+// KV until its bootstrap timeout). A leg that answered well waits for the other.
+struct attempt_condition {
+  template <class Result>
+  net::cancellation_type_t operator()(std::exception_ptr e, const Result& r) const {
+    const bool bad = r.end == leg_end::failed || (r.end == leg_end::answered && !r.ok());
+    return e || bad ? net::cancellation_type::terminal : net::cancellation_type::none;
+  }
+};
+
+}  // namespace
+
+// One PD request. Runs on the client connection's thread; every member is this request's own.
+class pd_request {
+ public:
+  pd_request(load_balancer& lb, exchange& ex, std::string_view path, bool openai)
+      : lb_(lb), ex_(ex), ctx_(ex.context()), path_(path), openai_(openai) {}
+
+  net::awaitable<void> serve();
+
+ private:
+  struct attempt_result {
+    prefill_result prefill;
+    decode_result decode;
+  };
+
+  /// Runs both legs once on the pair (p, d), with new bootstrap rooms.
+  net::awaitable<attempt_result> attempt(worker& p, worker& d);
+  net::awaitable<prefill_result> prefill_leg(worker& p, std::string_view body);
+  net::awaitable<decode_result> decode_leg(worker& d, std::string_view body);
+  /// Answers the client from an attempt's results.
+  net::awaitable<void> answer(attempt_result r);
+  /// Relays the decode's stream; the status line is out once this starts.
+  net::awaitable<void> relay(worker_call& decode, const prefill_logprobs& logprobs);
+  /// Answers an error of pdlb's own.
+  net::awaitable<void> fail(http::status status, std::string_view message);
+
+  load_balancer& lb_;
+  exchange& ex_;
+  thread_context& ctx_;
+  std::string_view path_;
+  bool openai_;
+  request_info info_;
+};
+
+net::awaitable<void> pd_request::serve() {
+  inspect_result inspected =
+      inspect_request(ex_.req().body(), openai_ ? route_kind::openai : route_kind::generate);
+  if (!inspected.ok) co_return co_await fail(http::status::bad_request, inspected.error);
+  if (lb_.prefill_.empty())
+    co_return co_await fail(http::status::service_unavailable, "no prefill worker available");
+  if (lb_.decode_.empty())
+    co_return co_await fail(http::status::service_unavailable, "no decode worker available");
+  info_ = std::move(inspected.info);
+  worker& p = lb_.pick(lb_.prefill_, lb_.rr_prefill_, ctx_.rng());
+  worker& d = lb_.pick(lb_.decode_, lb_.rr_decode_, ctx_.rng());
+  co_await answer(co_await attempt(p, d));
+}
+
+net::awaitable<pd_request::attempt_result> pd_request::attempt(worker& p, worker& d) {
+  std::vector<std::uint64_t> rooms(info_.batch_size.value_or(1));
+  for (auto& r : rooms) r = random_room(ctx_.rng());
+  // Both legs send it; they end before this frame does.
+  const std::string body = rewrite_request(
+      ex_.req().body(), info_, bootstrap_fields{p.host->url().bootstrap_host, p.bootstrap_port}, rooms);
+  auto executor = co_await net::this_coro::executor;
+  auto [order, pe, pr, de, dr] =
+      co_await net::experimental::make_parallel_group(
+          net::co_spawn(executor, prefill_leg(p, body), net::deferred),
+          net::co_spawn(executor, decode_leg(d, body), net::deferred))
+          .async_wait(attempt_condition{}, net::use_awaitable);
+  // A leg that threw was cancelled; its default result says so.
+  if (pe) pr = prefill_result{};
+  if (de) dr = decode_result{};
+  co_return attempt_result{std::move(pr), std::move(dr)};
+}
+
+net::awaitable<prefill_result> pd_request::prefill_leg(worker& p, std::string_view body) {
+  worker_call wc(p, ctx_);
+  auto& call = wc.call();
+  if (auto ec = co_await call.start("POST", path_, body)) co_return failed_leg<prefill_result>(wc, ec);
+  prefill_result r;
+  r.end = leg_end::answered;
+  r.target = &p;
+  r.status = call.status();
+  if (!is_2xx(r.status)) {
+    // The client gets the prefill's status and its words (a part of them is enough).
+    co_await call.read_all(r.body, error_answer_limit);
+    r.failure = "prefill worker " + p.host->url().url + " answered " + std::to_string(r.status) +
+                ": " + error_snippet(r.body);
+    r.failure_status = static_cast<http::status>(r.status);
+    co_return r;
+  }
+  if (!info_.stream) {
+    if (auto ec = co_await call.read_all(r.body, lb_.cfg_.max_body_size))
+      co_return failed_leg<prefill_result>(wc, ec);
+    if (info_.return_logprob) extract_input_logprobs(r.body, r.logprobs);
+    r.body.clear();
+  } else {
+    // Read the prefill's whole stream so its connection can be reused; keep its logprobs.
+    prefill_stream_reader reader;
+    for (;;) {
+      body_piece piece;
+      if (auto ec = co_await call.read_some(piece)) co_return failed_leg<prefill_result>(wc, ec);
+      if (info_.return_logprob) reader.feed(piece.bytes());
+      if (piece.done) break;
+    }
+    r.logprobs = std::move(reader.logprobs());
+  }
+  wc.finish();
+  co_return r;
+}
+
+net::awaitable<decode_result> pd_request::decode_leg(worker& d, std::string_view body) {
+  auto wc = std::make_unique<worker_call>(d, ctx_);
+  auto& call = wc->call();
+  if (auto ec = co_await call.start("POST", path_, body)) co_return failed_leg<decode_result>(*wc, ec);
+  decode_result r;
+  r.end = leg_end::answered;
+  r.target = &d;
+  r.status = call.status();
+  r.content_type = call.content_type();
+  if (info_.stream && is_2xx(r.status)) {
+    r.stream = std::move(wc);  // relayed once the prefill is known to be good
+    co_return r;
+  }
+  if (auto ec = co_await call.read_all(r.body, lb_.cfg_.max_body_size))
+    co_return failed_leg<decode_result>(*wc, ec);
+  wc->finish();
+  co_return r;
+}
+
+net::awaitable<void> pd_request::answer(attempt_result r) {
+  auto& counters = lb_.counters_;
+  const attempt_verdict verdict = judge_attempt(r.prefill, r.decode);
+  switch (verdict) {
+    case attempt_verdict::client_gone:
+      ex_.close_after();
+      co_return;
+    case attempt_verdict::prefill_failed:
+    case attempt_verdict::decode_failed: {
+      const leg_result& f = verdict == attempt_verdict::prefill_failed
+                                ? static_cast<const leg_result&>(r.prefill)
+                                : static_cast<const leg_result&>(r.decode);
+      f.target->failures.fetch_add(1, std::memory_order_relaxed);
+      spdlog::warn("request failed: {}", f.failure);
+      co_return co_await fail(f.failure_status, f.failure);
+    }
+    case attempt_verdict::decode_answer:
+      break;
+  }
+  auto& dr = r.decode;
+  if (dr.stream) co_return co_await relay(*dr.stream, r.prefill.logprobs);
+  // The decode's whole answer (its own error answer included, as minilb relays it).
+  if (dr.status >= 400) counters.errors.fetch_add(1, std::memory_order_relaxed);
+  if (info_.return_logprob && is_2xx(dr.status)) {
+    if (auto merged = merge_input_logprobs(dr.body, r.prefill.logprobs)) dr.body = std::move(*merged);
+  }
+  co_await ex_.respond(static_cast<http::status>(dr.status), dr.body,
+                       dr.content_type.empty() ? std::string_view("application/json")
+                                               : std::string_view(dr.content_type));
+}
+
+net::awaitable<void> pd_request::relay(worker_call& decode, const prefill_logprobs& logprobs) {
+  stream_relay relay(info_.return_logprob ? &logprobs : nullptr);
+  if (co_await ex_.begin_stream(http::status::ok)) {
+    ex_.close_after();  // the client is gone
+    co_return;
+  }
+  for (;;) {
+    body_piece piece;
+    if (auto ec = co_await decode.call().read_some(piece)) {
+      if (ec == net::error::operation_aborted) {
+        ex_.close_after();  // cancelled: the client left
+        co_return;
+      }
+      // The client has its status line: tell it in the stream, and end it without [DONE].
+      decode.target().failures.fetch_add(1, std::memory_order_relaxed);
+      lb_.counters_.errors.fetch_add(1, std::memory_order_relaxed);
+      const std::string message = describe_failure(decode.target(), decode.call(), ec);
+      spdlog::warn("stream failed: {}", message);
+      if (!co_await ex_.write_chunk(relay.fail(message))) co_await ex_.end_stream();
+      co_return;
+    }
+    // The piece lives in the thread's scratch: it is written (or copied) before any suspension.
+    error_code wec = ex_.put_chunk(relay.feed(piece.bytes(), piece.done));
+    const bool done = piece.done;
+    piece = body_piece{};
+    if (!wec) wec = co_await ex_.flush();
+    if (wec) {
+      ex_.close_after();  // the client is gone; the decode is cancelled as `decode` closes
+      co_return;
+    }
+    if (done) break;
+  }
+  decode.finish();
+  co_await ex_.end_stream();
+}
+
+net::awaitable<void> pd_request::fail(http::status status, std::string_view message) {
+  lb_.counters_.errors.fetch_add(1, std::memory_order_relaxed);
+  co_await ex_.respond(status, json_error_body(message));
+}
+
+net::awaitable<void> serve_pd_request(load_balancer& lb, exchange& ex, std::string_view path, bool openai) {
+  pd_request r(lb, ex, path, openai);
+  co_await r.serve();
+}
+
+}  // namespace pdlb
