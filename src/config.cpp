@@ -194,6 +194,16 @@ cli_result parse_command_line(int argc, const char* const* argv) {
   app.add_option("--admin-api-key", cfg.admin_api_key,
                  "Require 'Authorization: Bearer KEY' on admin routes (also env PDLB_ADMIN_API_KEY)")
       ->envname("PDLB_ADMIN_API_KEY");
+  double fail_timeout_s = 10;
+  app.add_option("--max-fails", cfg.max_fails,
+                 "Failures in a row that eject a worker (a refused connection ejects at once; 0: never)")
+      ->capture_default_str();
+  app.add_option("--fail-timeout", fail_timeout_s,
+                 "Seconds a worker stays ejected the first time (doubled for each ejection in a row, up to 300)")
+      ->capture_default_str();
+  app.add_option("--max-retries", cfg.max_retries,
+                 "Extra attempts on another worker pair when an attempt failed before the client got a byte")
+      ->capture_default_str();
 
   // As argparse does, a scalar option given twice takes its last value.
   for (CLI::Option* opt : app.get_options()) {
@@ -284,6 +294,8 @@ cli_result parse_command_line(int argc, const char* const* argv) {
   if (!positive(body_timeout_s)) return fail("--client-body-timeout must be positive");
   if (!positive(idle_timeout_s)) return fail("--upstream-idle-timeout must be positive");
   if (!std::isfinite(grace_s) || grace_s < 0) return fail("--shutdown-grace must be >= 0");
+  if (!positive(fail_timeout_s)) return fail("--fail-timeout must be positive");
+  cfg.fail_timeout = seconds_to_ms(fail_timeout_s);
   if (cfg.log_interval < 0) return fail("--log-interval must be >= 0");
   if (cfg.connector_limit == 0 || cfg.connector_limit_per_host == 0)
     return fail("connector limits must be at least 1");

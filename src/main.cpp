@@ -112,6 +112,7 @@ int main(int argc, char** argv) {
     t.async_wait([&, i](boost::system::error_code ec) {
       if (ec) return;
       server.thread_ctx(i).pools().prune();
+      if (i == 0) lb->sweep();  // drained workers leave the list
       schedule_prune(i);
     });
   };

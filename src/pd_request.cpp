@@ -88,6 +88,13 @@ std::string describe_failure(const worker& w, const upstream_call& call, const e
   return msg;
 }
 
+failure_kind kind_of(const error_code& ec, upstream_call::phase where) {
+  if (ec == net::error::connection_refused) return failure_kind::refused;
+  if (ec == beast::error::timeout) return failure_kind::timeout;
+  if (where == upstream_call::phase::connect) return failure_kind::connect;
+  return failure_kind::reset;
+}
+
 // A leg's result for a call that failed with `ec`; a cancelled call is not a failure of its own.
 template <class Result>
 Result failed_leg(worker_call& wc, const error_code& ec) {
@@ -97,7 +104,14 @@ Result failed_leg(worker_call& wc, const error_code& ec) {
   r.end = leg_end::failed;
   r.failure = describe_failure(wc.target(), wc.call(), ec);
   r.failure_status = status_for(ec);
+  r.kind = kind_of(ec, wc.call().where());
+  r.worker_fault = ec != upstream_errc::pool_exhausted;
   return r;
+}
+
+// Answers that say the worker is in trouble rather than the request: another pair may serve it.
+bool retryable_status(unsigned status) {
+  return status == 500 || status == 502 || status == 503 || status == 504;
 }
 
 // Stops the other leg at once when one fails or answers an error: its connection is closed, so the
@@ -129,6 +143,9 @@ class pd_request {
 
   /// Runs both legs once on the pair (p, d), with new bootstrap rooms.
   net::awaitable<attempt_result> attempt(worker& p, worker& d);
+  /// Tells failure detection how each worker did; returns the worker to blame when the attempt
+  /// failed in a way another pair may not (see docs/operations.md), else nullptr.
+  worker* judge_workers(const attempt_result& r, attempt_verdict verdict);
   net::awaitable<prefill_result> prefill_leg(worker& p, std::string_view body);
   net::awaitable<decode_result> decode_leg(worker& d, std::string_view body);
   /// Answers the client from an attempt's results.
@@ -144,20 +161,69 @@ class pd_request {
   std::string_view path_;
   bool openai_;
   request_info info_;
+  std::shared_ptr<const worker_set> workers_;  // the set this request picks from, kept alive
 };
 
 net::awaitable<void> pd_request::serve() {
   inspect_result inspected =
       inspect_request(ex_.req().body(), openai_ ? route_kind::openai : route_kind::generate);
   if (!inspected.ok) co_return co_await fail(http::status::bad_request, inspected.error);
-  if (lb_.prefill_.empty())
-    co_return co_await fail(http::status::service_unavailable, "no prefill worker available");
-  if (lb_.decode_.empty())
-    co_return co_await fail(http::status::service_unavailable, "no decode worker available");
   info_ = std::move(inspected.info);
-  worker& p = lb_.pick(lb_.prefill_, lb_.rr_prefill_, ctx_.rng());
-  worker& d = lb_.pick(lb_.decode_, lb_.rr_decode_, ctx_.rng());
-  co_await answer(co_await attempt(p, d));
+  workers_ = lb_.registry_.snapshot();
+  std::vector<const worker*> avoid;  // workers this request failed on
+  for (unsigned n = 0;; ++n) {
+    auto p = lb_.pick(*workers_, worker_role::prefill, ctx_.rng(), avoid);
+    if (!p) co_return co_await fail(http::status::service_unavailable, "no prefill worker available");
+    auto d = lb_.pick(*workers_, worker_role::decode, ctx_.rng(), avoid);
+    if (!d) co_return co_await fail(http::status::service_unavailable, "no decode worker available");
+    attempt_result r = co_await attempt(*p, *d);
+    const attempt_verdict verdict = judge_attempt(r.prefill, r.decode);
+    worker* blamed = judge_workers(r, verdict);
+    if (blamed && n < lb_.cfg_.max_retries) {
+      // Nothing reached the client and both legs are over: run the pair again, elsewhere.
+      lb_.counters_.retries.fetch_add(1, std::memory_order_relaxed);
+      const leg_result& f = verdict == attempt_verdict::prefill_failed ? static_cast<const leg_result&>(r.prefill)
+                                                                      : static_cast<const leg_result&>(r.decode);
+      spdlog::warn("retrying on another pair (attempt {} of {}): {}", n + 2, lb_.cfg_.max_retries + 1,
+                   f.failure.empty() ? "decode worker " + blamed->url() + " answered " + std::to_string(f.status)
+                                     : f.failure);
+      avoid.push_back(blamed);
+      continue;
+    }
+    co_return co_await answer(std::move(r));
+  }
+}
+
+worker* pd_request::judge_workers(const attempt_result& r, attempt_verdict verdict) {
+  // Passive failure detection: a worker that answered (a 4xx too) is healthy; a 5xx or a transport
+  // failure counts against it. Cancelled legs say nothing.
+  auto note = [&](const leg_result& leg) {
+    if (!leg.target) return;
+    if (leg.end == leg_end::answered) {
+      if (leg.status >= 500)
+        lb_.record_failure(*leg.target, failure_kind::status, "answered " + std::to_string(leg.status));
+      else
+        leg.target->record_success();
+    } else if (leg.end == leg_end::failed && leg.worker_fault) {
+      lb_.record_failure(*leg.target, leg.kind, leg.failure);
+    }
+  };
+  note(r.prefill);
+  note(r.decode);
+  switch (verdict) {
+    case attempt_verdict::prefill_failed:
+      if (r.prefill.end == leg_end::failed ? r.prefill.worker_fault : retryable_status(r.prefill.status))
+        return r.prefill.target;
+      return nullptr;
+    case attempt_verdict::decode_failed:
+      return r.decode.worker_fault ? r.decode.target : nullptr;
+    case attempt_verdict::decode_answer:
+      // The decode's own answer; before a stream is relayed, a worker-trouble status is retried.
+      return !r.decode.stream && retryable_status(r.decode.status) ? r.decode.target : nullptr;
+    case attempt_verdict::client_gone:
+      return nullptr;
+  }
+  return nullptr;
 }
 
 net::awaitable<pd_request::attempt_result> pd_request::attempt(worker& p, worker& d) {
@@ -245,7 +311,6 @@ net::awaitable<void> pd_request::answer(attempt_result r) {
       const leg_result& f = verdict == attempt_verdict::prefill_failed
                                 ? static_cast<const leg_result&>(r.prefill)
                                 : static_cast<const leg_result&>(r.decode);
-      f.target->failures.fetch_add(1, std::memory_order_relaxed);
       spdlog::warn("request failed: {}", f.failure);
       co_return co_await fail(f.failure_status, f.failure);
     }
@@ -278,9 +343,9 @@ net::awaitable<void> pd_request::relay(worker_call& decode, const prefill_logpro
         co_return;
       }
       // The client has its status line: tell it in the stream, and end it without [DONE].
-      decode.target().failures.fetch_add(1, std::memory_order_relaxed);
       lb_.counters_.errors.fetch_add(1, std::memory_order_relaxed);
       const std::string message = describe_failure(decode.target(), decode.call(), ec);
+      lb_.record_failure(decode.target(), kind_of(ec, decode.call().where()), message);
       spdlog::warn("stream failed: {}", message);
       if (!co_await ex_.write_chunk(relay.fail(message))) co_await ex_.end_stream();
       co_return;

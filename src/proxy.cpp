@@ -15,7 +15,9 @@
 #include <nlohmann/json.hpp>
 #include <spdlog/spdlog.h>
 
+#include <algorithm>
 #include <array>
+#include <charconv>
 #include <sstream>
 
 namespace pdlb {
@@ -126,32 +128,137 @@ std::string failures_text(const std::vector<fan_result>& results) {
 
 }  // namespace
 
-load_balancer::load_balancer(const config& cfg)
-    : cfg_(cfg), global_limit_(std::make_shared<conn_limiter>(cfg.connector_limit)) {
+namespace {
+
+nlohmann::json worker_json(const worker& w, steady_time now) {
+  nlohmann::json j = {{"url", w.url()},
+                      {"worker_type", to_string(w.role)},
+                      {"bootstrap_port", nullptr},
+                      {"state", to_string(w.state(now))},
+                      {"in_flight", w.in_flight.load()},
+                      {"requests", w.requests.load()},
+                      {"failures", w.failures.load()},
+                      {"ejections", w.ejections.load()},
+                      {"open_connections", w.host->open_connections()}};
+  if (w.bootstrap_port) j["bootstrap_port"] = *w.bootstrap_port;
+  if (w.state(now) == worker_state::ejected)
+    j["ejected_for_s"] = std::chrono::duration<double>(w.ejected_until() - now).count();
+  return j;
+}
+
+nlohmann::json workers_json(const std::vector<std::shared_ptr<worker>>& pool) {
+  const auto now = std::chrono::steady_clock::now();
+  nlohmann::json list = nlohmann::json::array();
+  for (const auto& w : pool) list.push_back(worker_json(*w, now));
+  return list;
+}
+
+bool is_loopback_peer(const std::string& remote) {
+  // exchange::remote() is "address:port"; IPv6 addresses are written without brackets.
+  return remote.rfind("127.", 0) == 0 || remote.rfind("::1:", 0) == 0 ||
+         remote.rfind("::ffff:127.", 0) == 0;
+}
+
+// Decodes %XX escapes (a worker URL in a path or query); false on a malformed escape.
+bool percent_decode(std::string_view in, std::string& out) {
+  out.clear();
+  for (std::size_t i = 0; i < in.size(); ++i) {
+    if (in[i] != '%') {
+      out.push_back(in[i] == '+' ? ' ' : in[i]);
+      continue;
+    }
+    auto hex = [](char c) -> int {
+      if (c >= '0' && c <= '9') return c - '0';
+      if (c >= 'a' && c <= 'f') return c - 'a' + 10;
+      if (c >= 'A' && c <= 'F') return c - 'A' + 10;
+      return -1;
+    };
+    if (i + 2 >= in.size()) return false;  // a '%' needs two hex digits after it
+    int hi = hex(in[i + 1]), lo = hex(in[i + 2]);
+    if (hi < 0 || lo < 0) return false;
+    out.push_back(static_cast<char>(hi * 16 + lo));
+    i += 2;
+  }
+  return true;
+}
+
+// The value of `name` in a query string ("a=1&b=2"), decoded; nullopt if absent or malformed.
+std::optional<std::string> query_param(std::string_view query, std::string_view name) {
+  while (!query.empty()) {
+    auto amp = query.find('&');
+    auto part = query.substr(0, amp);
+    query = amp == std::string_view::npos ? std::string_view{} : query.substr(amp + 1);
+    auto eq = part.find('=');
+    if (part.substr(0, eq) != name) continue;
+    std::string value;
+    if (eq == std::string_view::npos) return value;
+    if (!percent_decode(part.substr(eq + 1), value)) return std::nullopt;
+    return value;
+  }
+  return std::nullopt;
+}
+
+upstream_options upstream_options_of(const config& cfg) {
   upstream_options uo;
   uo.connect_timeout = cfg.connect_timeout;
   uo.response_timeout = cfg.timeout;
   uo.idle_timeout = cfg.upstream_idle_timeout;
-  for (const auto& p : cfg.prefill) {
-    auto w = std::make_unique<worker>();
-    w->host = std::make_unique<upstream_host>(p.url, cfg.connector_limit_per_host, global_limit_, uo);
-    w->prefill = true;
-    w->bootstrap_port = p.bootstrap_port;
-    prefill_.push_back(std::move(w));
-  }
-  for (const auto& d : cfg.decode) {
-    auto w = std::make_unique<worker>();
-    w->host = std::make_unique<upstream_host>(d, cfg.connector_limit_per_host, global_limit_, uo);
-    decode_.push_back(std::move(w));
-  }
+  return uo;
+}
+
+health_policy health_policy_of(const config& cfg) {
+  health_policy h;
+  h.max_fails = cfg.max_fails;
+  h.fail_timeout = cfg.fail_timeout;
+  return h;
+}
+
+// Every listed worker, prefill first.
+std::vector<worker*> all_workers(const worker_set& set) {
+  std::vector<worker*> all;
+  for (auto& w : set.prefill) all.push_back(w.get());
+  for (auto& w : set.decode) all.push_back(w.get());
+  return all;
+}
+
+}  // namespace
+
+load_balancer::load_balancer(const config& cfg)
+    : cfg_(cfg),
+      health_(health_policy_of(cfg)),
+      registry_(upstream_options_of(cfg), cfg.connector_limit_per_host, cfg.connector_limit) {
+  std::string error;
+  for (const auto& p : cfg.prefill)
+    if (!registry_.add(worker_role::prefill, p.url, p.bootstrap_port, error)) spdlog::warn("{}", error);
+  for (const auto& d : cfg.decode)
+    if (!registry_.add(worker_role::decode, d, std::nullopt, error)) spdlog::warn("{}", error);
 }
 
 load_balancer::~load_balancer() = default;
 
-worker& load_balancer::pick(const std::vector<std::unique_ptr<worker>>& pool,
-                            std::atomic<std::size_t>& rr, std::mt19937_64& rng) {
-  auto load = [&](std::size_t i) { return pool[i]->in_flight.load(std::memory_order_relaxed); };
-  return *pool[pick_worker(cfg_.policy, pool.size(), load, rng, rr)];
+std::shared_ptr<worker> load_balancer::pick(const worker_set& set, worker_role role,
+                                            std::mt19937_64& rng, const std::vector<const worker*>& avoid) {
+  const bool is_prefill = role == worker_role::prefill;
+  bool panic = false;
+  auto w = pick_worker_for(set.of(role), cfg_.policy, is_prefill ? rr_prefill_ : rr_decode_, rng,
+                           std::chrono::steady_clock::now(), avoid, panic);
+  auto& flag = is_prefill ? panic_prefill_ : panic_decode_;
+  if (flag.load(std::memory_order_relaxed) != panic && flag.exchange(panic) != panic) {
+    if (panic)
+      spdlog::warn("every {} worker is ejected: using them all anyway (panic mode)", to_string(role));
+    else
+      spdlog::info("a {} worker is available again: panic mode over", to_string(role));
+  }
+  return w;
+}
+
+void load_balancer::record_failure(worker& w, failure_kind kind, std::string_view what) {
+  const auto now = std::chrono::steady_clock::now();
+  if (w.record_failure(kind, health_, now)) {
+    auto secs = std::chrono::duration<double>(w.ejected_until() - now).count();
+    spdlog::warn("{} worker {} ejected for {:.0f} s after a failure ({}): {}", to_string(w.role), w.url(),
+                 secs, to_string(kind), what);
+  }
 }
 
 std::string load_balancer::status_line(double seconds) {
@@ -163,13 +270,19 @@ std::string load_balancer::status_line(double seconds) {
   out.precision(1);
   out << "requests/s: " << rate << ", in flight: " << counters_.in_flight.load()
       << ", errors: " << (errors - last_errors_) << " (total " << errors << ")"
-      << ", client aborts: " << counters_.client_aborts.load() << ", prefill in flight: [";
-  for (std::size_t i = 0; i < prefill_.size(); ++i)
-    out << (i ? ", " : "") << prefill_[i]->host->url().url << "=" << prefill_[i]->in_flight.load();
-  out << "], decode in flight: [";
-  for (std::size_t i = 0; i < decode_.size(); ++i)
-    out << (i ? ", " : "") << decode_[i]->host->url().url << "=" << decode_[i]->in_flight.load();
-  out << "]";
+      << ", client aborts: " << counters_.client_aborts.load()
+      << ", retries: " << counters_.retries.load();
+  const auto set = registry_.snapshot();
+  const auto now = std::chrono::steady_clock::now();
+  for (auto role : {worker_role::prefill, worker_role::decode}) {
+    out << ", " << to_string(role) << " in flight: [";
+    const auto& pool = set->of(role);
+    for (std::size_t i = 0; i < pool.size(); ++i) {
+      out << (i ? ", " : "") << pool[i]->url() << "=" << pool[i]->in_flight.load();
+      if (auto st = pool[i]->state(now); st != worker_state::available) out << " (" << to_string(st) << ")";
+    }
+    out << "]";
+  }
   last_requests_ = requests;
   last_errors_ = errors;
   return out.str();
@@ -250,41 +363,219 @@ net::awaitable<void> load_balancer::dispatch(exchange& ex) {
     co_await ex.respond(http::status::ok, stats_json());
     co_return;
   }
+  if (path == "/readiness") {
+    if (!is_get) co_return co_await method_not_allowed("GET");
+    co_return co_await handle_readiness(ex);
+  }
+  if (path == "/workers" || path.starts_with("/workers/") || path == "/add_worker" ||
+      path == "/remove_worker" || path == "/list_workers" || path == "/register") {
+    // Membership changes what every client gets: with an admin key, the key is needed; without
+    // one, only clients on this host may call these.
+    if (!cfg_.admin_api_key.empty() && !bearer_ok(req, cfg_.admin_api_key))
+      co_return co_await reply_error(http::status::unauthorized, "missing or wrong admin API key",
+                                     "WWW-Authenticate: Bearer\r\n");
+    if (cfg_.admin_api_key.empty() && !is_loopback_peer(ex.remote()))
+      co_return co_await reply_error(http::status::forbidden,
+                                     "worker routes are open to loopback clients only unless "
+                                     "--admin-api-key is set");
+    co_return co_await handle_workers(ex, path);
+  }
   co_await reply_error(http::status::not_found, "no route for " + std::string(path));
+}
+
+namespace {
+
+// The outcome of an admin change: a status and a JSON body.
+struct admin_answer {
+  http::status status = http::status::ok;
+  std::string body;
+};
+
+admin_answer admin_error(http::status s, std::string_view message) { return {s, json_error_body(message)}; }
+
+// Adds a worker from an admin request's fields (strings as the client sent them).
+admin_answer add_worker(worker_registry& registry, std::string_view type, std::string_view url_text,
+                        std::optional<std::uint16_t> bootstrap_port) {
+  worker_role role;
+  if (type == "prefill") {
+    role = worker_role::prefill;
+  } else if (type == "decode") {
+    role = worker_role::decode;
+  } else {
+    return admin_error(http::status::bad_request,
+                       "worker_type must be \"prefill\" or \"decode\", not \"" + std::string(type) + "\"");
+  }
+  worker_url url;
+  std::string error;
+  if (!parse_worker_url(url_text, url, error)) return admin_error(http::status::bad_request, error);
+  auto w = registry.add(role, url, bootstrap_port, error);
+  if (!w) return admin_error(http::status::conflict, error);
+  spdlog::info("{} worker {} added (bootstrap port {})", to_string(role), w->url(),
+               w->bootstrap_port ? std::to_string(*w->bootstrap_port) : "none");
+  return {http::status::ok, worker_json(*w, std::chrono::steady_clock::now()).dump()};
+}
+
+admin_answer drain_worker(worker_registry& registry, std::string_view url_text) {
+  worker_url url;
+  std::string error;
+  // Accept the URL as listed, or in any form that normalises to it.
+  std::string key = parse_worker_url(url_text, url, error) ? url.url : std::string(url_text);
+  if (!registry.drain(key)) return admin_error(http::status::not_found, "no worker " + std::string(url_text));
+  spdlog::info("worker {} draining: no new requests; it leaves once its last request ends", key);
+  nlohmann::json j = {{"url", key}, {"state", "draining"}};
+  return {http::status::ok, j.dump()};
+}
+
+// A bootstrap port from JSON: absent or null is nullopt; anything but an integer in 1..65535 is an
+// error.
+bool json_bootstrap_port(const nlohmann::json& body, const char* field, std::optional<std::uint16_t>& out,
+                         std::string& error) {
+  out.reset();
+  auto it = body.find(field);
+  if (it == body.end() || it->is_null()) return true;
+  if (!it->is_number_integer() || it->get<std::int64_t>() < 1 || it->get<std::int64_t>() > 65535) {
+    error = std::string(field) + " must be an integer port (1-65535) or null";
+    return false;
+  }
+  out = static_cast<std::uint16_t>(it->get<std::int64_t>());
+  return true;
+}
+
+}  // namespace
+
+net::awaitable<void> load_balancer::handle_workers(exchange& ex, std::string_view path) {
+  const auto& req = ex.req();
+  const auto method = req.method();
+  std::string_view target = req.target();
+  const auto qpos = target.find('?');
+  const std::string_view query = qpos == std::string_view::npos ? std::string_view{} : target.substr(qpos + 1);
+  admin_answer a;
+  auto respond = [&](const admin_answer& ans) -> net::awaitable<void> {
+    if (static_cast<unsigned>(ans.status) >= 400) counters_.errors.fetch_add(1, std::memory_order_relaxed);
+    co_await ex.respond(ans.status, ans.body);
+  };
+  auto allow = [&](http::verb v, std::string_view name) -> std::optional<admin_answer> {
+    if (method == v) return std::nullopt;
+    return admin_error(http::status::method_not_allowed,
+                       "method " + std::string(req.method_string()) + " not allowed on " + std::string(path) +
+                           " (use " + std::string(name) + ")");
+  };
+
+  if (path == "/workers" || path == "/list_workers") {
+    if (path == "/workers" && method == http::verb::post) {
+      auto body = nlohmann::json::parse(req.body(), nullptr, false);
+      std::string error;
+      std::optional<std::uint16_t> port;
+      if (body.is_discarded() || !body.is_object())
+        a = admin_error(http::status::bad_request, "the body must be a JSON object");
+      else if (!body.contains("url") || !body["url"].is_string())
+        a = admin_error(http::status::bad_request, "\"url\" (a string) is required");
+      else if (!body.contains("worker_type") || !body["worker_type"].is_string())
+        a = admin_error(http::status::bad_request, "\"worker_type\" (\"prefill\" or \"decode\") is required");
+      else if (!json_bootstrap_port(body, "bootstrap_port", port, error))
+        a = admin_error(http::status::bad_request, error);
+      else
+        a = add_worker(registry_, body["worker_type"].get<std::string>(), body["url"].get<std::string>(), port);
+      co_return co_await respond(a);
+    }
+    if (auto bad = allow(http::verb::get, path == "/workers" ? "GET or POST" : "GET")) co_return co_await respond(*bad);
+    const auto set = registry_.snapshot();
+    nlohmann::json list = workers_json(set->prefill);
+    for (auto& w : workers_json(set->decode)) list.push_back(std::move(w));
+    nlohmann::json out = {{"workers", list}};
+    if (path == "/list_workers") {
+      // The SGLang router's shape, beside the full one.
+      nlohmann::json urls = nlohmann::json::array();
+      for (const auto& w : list) urls.push_back(w["url"]);
+      out["urls"] = std::move(urls);
+    }
+    co_return co_await respond({http::status::ok, out.dump()});
+  }
+  if (path.starts_with("/workers/")) {
+    if (auto bad = allow(http::verb::delete_, "DELETE")) co_return co_await respond(*bad);
+    std::string url;
+    if (!percent_decode(path.substr(9), url))
+      co_return co_await respond(admin_error(http::status::bad_request, "malformed percent-encoding in the URL"));
+    co_return co_await respond(drain_worker(registry_, url));
+  }
+  if (auto bad = allow(http::verb::post, "POST")) co_return co_await respond(*bad);
+  if (path == "/add_worker") {
+    auto url = query_param(query, "url");
+    auto type = query_param(query, "worker_type");
+    auto port_text = query_param(query, "bootstrap_port");
+    std::optional<std::uint16_t> port;
+    if (port_text && !port_text->empty() && *port_text != "none") {
+      unsigned v = 0;
+      auto [end, ec] = std::from_chars(port_text->data(), port_text->data() + port_text->size(), v);
+      if (ec != std::errc() || end != port_text->data() + port_text->size() || v == 0 || v > 65535)
+        co_return co_await respond(admin_error(http::status::bad_request, "bootstrap_port must be a port (1-65535)"));
+      port = static_cast<std::uint16_t>(v);
+    }
+    if (!url || url->empty())
+      co_return co_await respond(admin_error(http::status::bad_request, "the url query parameter is required"));
+    co_return co_await respond(add_worker(registry_, type.value_or("decode"), *url, port));
+  }
+  if (path == "/remove_worker") {
+    auto url = query_param(query, "url");
+    if (!url || url->empty())
+      co_return co_await respond(admin_error(http::status::bad_request, "the url query parameter is required"));
+    co_return co_await respond(drain_worker(registry_, *url));
+  }
+  // /register, minilb's (commented-out) route: {"mode", "registry_url", "bootstrap_port"}.
+  auto body = nlohmann::json::parse(req.body(), nullptr, false);
+  std::string error;
+  std::optional<std::uint16_t> port;
+  if (body.is_discarded() || !body.is_object())
+    a = admin_error(http::status::bad_request, "the body must be a JSON object");
+  else if (!body.contains("mode") || !body["mode"].is_string() || !body.contains("registry_url") ||
+           !body["registry_url"].is_string())
+    a = admin_error(http::status::bad_request, "\"mode\" and \"registry_url\" (strings) are required");
+  else if (!json_bootstrap_port(body, "bootstrap_port", port, error))
+    a = admin_error(http::status::bad_request, error);
+  else
+    a = add_worker(registry_, body["mode"].get<std::string>(), body["registry_url"].get<std::string>(), port);
+  co_await respond(a);
+}
+
+net::awaitable<void> load_balancer::handle_readiness(exchange& ex) {
+  const auto set = registry_.snapshot();
+  const auto now = std::chrono::steady_clock::now();
+  std::string reason;
+  for (auto role : {worker_role::prefill, worker_role::decode}) {
+    const auto& pool = set->of(role);
+    if (std::none_of(pool.begin(), pool.end(), [&](const auto& w) { return w->available(now); })) {
+      if (!reason.empty()) reason += "; ";
+      reason += pool.empty() ? "no " + std::string(to_string(role)) + " worker"
+                             : "no " + std::string(to_string(role)) + " worker is available (" +
+                                   std::to_string(pool.size()) + " listed, all ejected or draining)";
+    }
+  }
+  if (!reason.empty()) {
+    co_await ex.respond(http::status::service_unavailable, json_error_body("not ready: " + reason));
+    co_return;
+  }
+  nlohmann::json j = {{"status", "ready"}, {"prefill", set->prefill.size()}, {"decode", set->decode.size()}};
+  co_await ex.respond(http::status::ok, j.dump());
 }
 
 std::string load_balancer::stats_json() const {
   nlohmann::json out = {{"requests", counters_.requests.load()},
                         {"errors", counters_.errors.load()},
                         {"in_flight", counters_.in_flight.load()},
-                        {"client_aborts", counters_.client_aborts.load()}};
-  auto workers = [](const std::vector<std::unique_ptr<worker>>& pool) {
-    nlohmann::json list = nlohmann::json::array();
-    for (const auto& w : pool)
-      list.push_back({{"url", w->host->url().url},
-                      {"in_flight", w->in_flight.load()},
-                      {"requests", w->requests.load()},
-                      {"failures", w->failures.load()},
-                      {"open_connections", w->host->open_connections()}});
-    return list;
-  };
-  out["prefill"] = workers(prefill_);
-  out["decode"] = workers(decode_);
+                        {"client_aborts", counters_.client_aborts.load()},
+                        {"retries", counters_.retries.load()}};
+  const auto set = registry_.snapshot();
+  out["prefill"] = workers_json(set->prefill);
+  out["decode"] = workers_json(set->decode);
   return out.dump();
-}
-
-std::vector<worker*> load_balancer::all_workers() const {
-  std::vector<worker*> all;
-  for (auto& w : prefill_) all.push_back(w.get());
-  for (auto& w : decode_) all.push_back(w.get());
-  return all;
 }
 
 net::awaitable<void> load_balancer::fan_out_and_answer(exchange& ex, std::string method,
                                                        std::string path, std::string_view body,
                                                        http::status failure_status,
                                                        std::string failure_prefix) {
-  auto results = co_await fan_out(all_workers(), ex.context(), std::move(method),
+  const auto set = registry_.snapshot();
+  auto results = co_await fan_out(all_workers(*set), ex.context(), std::move(method),
                                   std::move(path), body);
   std::string failed = failures_text(results);
   if (!failed.empty()) {
@@ -306,7 +597,8 @@ net::awaitable<void> load_balancer::handle_health_generate(exchange& ex) {
 }
 
 net::awaitable<void> load_balancer::handle_server_info(exchange& ex) {
-  auto results = co_await fan_out(all_workers(), ex.context(), "GET", "/get_server_info", {});
+  const auto set = registry_.snapshot();
+  auto results = co_await fan_out(all_workers(*set), ex.context(), "GET", "/get_server_info", {});
   std::string failed = failures_text(results);
   nlohmann::json out = {{"prefill", nlohmann::json::array()}, {"decode", nlohmann::json::array()},
                         {"internal_states", nlohmann::json::array()}};
@@ -316,7 +608,7 @@ net::awaitable<void> load_balancer::handle_server_info(exchange& ex) {
       failed = results[i].url + " answered invalid JSON";
       break;
     }
-    bool is_prefill = i < prefill_.size();
+    bool is_prefill = i < set->prefill.size();
     if (!is_prefill && parsed.is_object()) {
       if (auto it = parsed.find("internal_states"); it != parsed.end() && it->is_array())
         for (auto& s : *it) out["internal_states"].push_back(s);
@@ -333,14 +625,15 @@ net::awaitable<void> load_balancer::handle_server_info(exchange& ex) {
 }
 
 net::awaitable<void> load_balancer::handle_first_prefill(exchange& ex, std::string_view path) {
-  if (prefill_.empty()) {
+  const auto set = registry_.snapshot();
+  if (set->prefill.empty()) {
     counters_.errors.fetch_add(1, std::memory_order_relaxed);
     co_await ex.respond(http::status::service_unavailable,
                         json_error_body("no prefill worker available"));
     co_return;
   }
   std::string errors;
-  for (auto& w : prefill_) {
+  for (auto& w : set->prefill) {
     auto r = co_await call_worker(*w, ex.context(), "GET", std::string(path), {});
     if (r.error.empty() && r.status == 200) {
       co_await ex.respond(http::status::ok, r.body);

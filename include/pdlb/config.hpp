@@ -52,6 +52,9 @@ struct config {
   std::string log_level = "info";
   std::string api_key;        ///< Bearer key for inference routes; empty: off.
   std::string admin_api_key;  ///< Bearer key for admin routes; empty: off.
+  unsigned max_fails = 3;     ///< Failures in a row that eject a worker; 0: no passive ejection.
+  std::chrono::milliseconds fail_timeout{std::chrono::seconds(10)};  ///< First ejection's length.
+  unsigned max_retries = 2;   ///< Extra attempts on another pair when nothing reached the client.
 };
 
 /// Result of parsing the command line.

@@ -9,6 +9,7 @@
 
 #include "pdlb/http_server.hpp"
 #include "pdlb/logprob_merge.hpp"
+#include "pdlb/worker.hpp"
 
 #include <memory>
 #include <string>
@@ -18,7 +19,6 @@ namespace pdlb {
 
 class load_balancer;
 class worker_call;
-struct worker;
 
 /// How one leg (one worker's part of an attempt) ended.
 enum class leg_end {
@@ -38,6 +38,10 @@ struct leg_result {
   std::string failure;
   /// For failed, or a prefill's error answer: the status the client gets.
   http::status failure_status = http::status::bad_gateway;
+  /// For failed: how, for failure detection.
+  failure_kind kind = failure_kind::reset;
+  /// For failed: the worker is to blame (not so when pdlb's own connector limit was reached).
+  bool worker_fault = false;
   bool ok() const { return end == leg_end::answered && status >= 200 && status < 300; }
 };
 

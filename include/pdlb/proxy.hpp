@@ -1,28 +1,16 @@
-// The load balancer proper: routes, the prefill/decode fan-out, admin fan-outs, counters.
+// The load balancer proper: routes, the prefill/decode fan-out, admin routes, counters.
 #pragma once
 
 #include "pdlb/config.hpp"
 #include "pdlb/http_server.hpp"
-#include "pdlb/upstream.hpp"
+#include "pdlb/worker.hpp"
 
 #include <atomic>
 #include <memory>
-#include <optional>
-#include <random>
 #include <string>
 #include <vector>
 
 namespace pdlb {
-
-/// One worker: its connection pool and what pdlb routes to it.
-struct worker {
-  std::unique_ptr<upstream_host> host;
-  bool prefill = false;
-  std::optional<std::uint16_t> bootstrap_port;  ///< Prefill only.
-  std::atomic<std::int64_t> in_flight{0};       ///< Requests in flight through this pdlb.
-  std::atomic<std::uint64_t> requests{0};
-  std::atomic<std::uint64_t> failures{0};
-};
 
 /// Process-wide counters (all threads).
 struct lb_counters {
@@ -30,6 +18,7 @@ struct lb_counters {
   std::atomic<std::uint64_t> errors{0};     ///< Answered with a status >= 400, or cut short.
   std::atomic<std::int64_t> in_flight{0};   ///< Requests being handled now.
   std::atomic<std::uint64_t> client_aborts{0};  ///< Clients that left before their answer.
+  std::atomic<std::uint64_t> retries{0};    ///< Attempts run again on another pair.
 };
 
 class load_balancer {
@@ -42,35 +31,42 @@ class load_balancer {
 
   /// One status line for the periodic log: rates since the previous call, in-flight counts.
   std::string status_line(double seconds_since_last);
+  /// Housekeeping, now and then: drained workers leave the list.
+  void sweep() { registry_.sweep(); }
 
   const lb_counters& counters() const { return counters_; }
   /// Counters and per-worker load as JSON (served at GET /pdlb/stats).
   std::string stats_json() const;
-  const std::vector<std::unique_ptr<worker>>& prefill_workers() const { return prefill_; }
-  const std::vector<std::unique_ptr<worker>>& decode_workers() const { return decode_; }
+  /// The workers.
+  worker_registry& registry() { return registry_; }
 
  private:
   friend class pd_request;
   net::awaitable<void> dispatch(exchange& ex);
-  /// A worker of `pool` (not empty) by the configured policy.
-  worker& pick(const std::vector<std::unique_ptr<worker>>& pool, std::atomic<std::size_t>& rr,
-               std::mt19937_64& rng);
+  /// A worker of `role` for a new request (see pick_worker_for); logs when a role enters or
+  /// leaves panic mode.
+  std::shared_ptr<worker> pick(const worker_set& set, worker_role role, std::mt19937_64& rng,
+                               const std::vector<const worker*>& avoid);
+  /// Records how a worker did on a request (passive failure detection).
+  void record_failure(worker& w, failure_kind kind, std::string_view what);
   net::awaitable<void> handle_fan_out(exchange& ex, std::string_view path, bool get);
   /// Calls every worker; answers 200 if all succeed, else `failure_status` naming the failures.
   net::awaitable<void> fan_out_and_answer(exchange& ex, std::string method, std::string path,
                                           std::string_view body, http::status failure_status,
                                           std::string failure_prefix);
-  std::vector<worker*> all_workers() const;
   net::awaitable<void> handle_health_generate(exchange& ex);
   net::awaitable<void> handle_server_info(exchange& ex);
   net::awaitable<void> handle_first_prefill(exchange& ex, std::string_view path);
+  net::awaitable<void> handle_workers(exchange& ex, std::string_view path);
+  net::awaitable<void> handle_readiness(exchange& ex);
 
   config cfg_;
-  std::shared_ptr<conn_limiter> global_limit_;
-  std::vector<std::unique_ptr<worker>> prefill_;
-  std::vector<std::unique_ptr<worker>> decode_;
+  health_policy health_;
+  worker_registry registry_;
   std::atomic<std::size_t> rr_prefill_{0};
   std::atomic<std::size_t> rr_decode_{0};
+  std::atomic<bool> panic_prefill_{false};
+  std::atomic<bool> panic_decode_{false};
   lb_counters counters_;
   std::uint64_t last_requests_ = 0;
   std::uint64_t last_errors_ = 0;

@@ -92,4 +92,20 @@ inline bool is_error_body(const std::string& body) {
          j["error"].contains("message") && j["error"]["message"].is_string();
 }
 
+inline json small_request(bool stream = false, int tokens = 4) {
+  return {{"text", "fault test"}, {"stream", stream}, {"sampling_params", {{"max_new_tokens", tokens}}}};
+}
+
+// After a fault: the workers hold nothing, pdlb counts nothing in flight on any worker, and it
+// still serves a normal request.
+inline void expect_clean_and_serving(cluster& c) {
+  for (auto& d : c.decode) EXPECT_TRUE(sim_wait(*d, "active=0", std::chrono::seconds(10))) << d->stats().dump();
+  for (auto& p : c.prefill) EXPECT_TRUE(sim_wait(*p, "active=0", std::chrono::seconds(10))) << p->stats().dump();
+  auto stats = parse_json(c.get("/pdlb/stats").body);
+  for (const char* pool : {"prefill", "decode"})
+    for (auto& w : stats[pool]) EXPECT_EQ(w["in_flight"], 0) << stats.dump();
+  auto ok = c.post("/generate", small_request());
+  EXPECT_EQ(ok.status, 200u) << ok.body;
+}
+
 }  // namespace pdlb::test

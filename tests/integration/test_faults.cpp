@@ -20,24 +20,8 @@ using ::testing::HasSubstr;
 using ::testing::Not;
 using namespace std::chrono_literals;
 
-json small_request(bool stream = false, int tokens = 4) {
-  return {{"text", "fault test"}, {"stream", stream}, {"sampling_params", {{"max_new_tokens", tokens}}}};
-}
-
-// After a fault: the workers hold nothing, pdlb counts nothing in flight on any worker, and it
-// still serves a normal request.
-void expect_clean_and_serving(cluster& c) {
-  for (auto& d : c.decode) EXPECT_TRUE(sim_wait(*d, "active=0", 10s)) << d->stats().dump();
-  for (auto& p : c.prefill) EXPECT_TRUE(sim_wait(*p, "active=0", 10s)) << p->stats().dump();
-  auto stats = parse_json(c.get("/pdlb/stats").body);
-  for (const char* pool : {"prefill", "decode"})
-    for (auto& w : stats[pool]) EXPECT_EQ(w["in_flight"], 0) << stats.dump();
-  auto ok = c.post("/generate", small_request());
-  EXPECT_EQ(ok.status, 200u) << ok.body;
-}
-
 TEST(Faults, PrefillErrorStatusReachesClientAndCancelsDecode) {
-  auto c = cluster::start(1, 1);
+  auto c = cluster::start(1, 1, {"--max-retries", "0"});
   // The prefill answers 503 after a delay, so the decode leg is surely waiting for KV by then.
   post_json(*c->prefill[0], "/sim/fault", {{"fail_status", 503}, {"latency_ms", 500}, {"count", 1}});
   auto start = std::chrono::steady_clock::now();
@@ -63,7 +47,7 @@ TEST(Faults, PrefillRefusingConnectionsGives502AndLeavesNoDecodeWork) {
 }
 
 TEST(Faults, PrefillDroppingTheConnectionGives502) {
-  auto c = cluster::start(1, 1);
+  auto c = cluster::start(1, 1, {"--max-retries", "0"});
   post_json(*c->prefill[0], "/sim/fault", {{"drop_connection", true}, {"count", 1}});
   auto r = c->post("/generate", small_request());
   EXPECT_EQ(r.status, 502u) << r.body;
@@ -72,7 +56,7 @@ TEST(Faults, PrefillDroppingTheConnectionGives502) {
 }
 
 TEST(Faults, StalledPrefillTimesOutWith504AfterTimeout) {
-  auto c = cluster::start(1, 1, {"--timeout", "1"});
+  auto c = cluster::start(1, 1, {"--timeout", "1", "--max-retries", "0"});
   post_json(*c->prefill[0], "/sim/fault", {{"stall", true}, {"count", 1}});
   auto start = std::chrono::steady_clock::now();
   auto r = c->post("/generate", small_request());
@@ -85,7 +69,7 @@ TEST(Faults, StalledPrefillTimesOutWith504AfterTimeout) {
 }
 
 TEST(Faults, PrefillFailingInAStreamGivesAnErrorAndCancelsDecode) {
-  auto c = cluster::start(1, 1);
+  auto c = cluster::start(1, 1, {"--max-retries", "0"});
   post_json(*c->prefill[0], "/sim/fault", {{"fail_status", 500}, {"latency_ms", 500}, {"count", 1}});
   auto pending = std::async(std::launch::async, [&] { return c->post("/generate", small_request(true)); });
   EXPECT_TRUE(sim_wait(*c->decode[0], "min_received=1", 10s));
@@ -109,7 +93,7 @@ TEST(Faults, PrefillFailingInAStreamGivesAnErrorAndCancelsDecode) {
 TEST(Faults, PrefillFailingAtOnceLeavesNoDecodeWork) {
   // Without delay the decode leg may be cancelled before it reached the worker, or while it waits
   // for KV: either way nothing may be left running there.
-  auto c = cluster::start(1, 1);
+  auto c = cluster::start(1, 1, {"--max-retries", "0"});
   post_json(*c->prefill[0], "/sim/fault", {{"fail_status", 500}, {"count", 3}});
   for (bool stream : {false, true, false}) {
     auto r = c->post("/generate", small_request(stream));
@@ -135,7 +119,7 @@ TEST(Faults, DecodeDyingMidStreamEndsWithErrorEventAndNoDone) {
 }
 
 TEST(Faults, DecodeErrorStatusIsRelayedAsIs) {
-  auto c = cluster::start(1, 1);
+  auto c = cluster::start(1, 1, {"--max-retries", "0"});
   post_json(*c->decode[0], "/sim/fault", {{"fail_status", 429}, {"count", 1}});
   auto r = c->post("/generate", small_request());
   EXPECT_EQ(r.status, 429u) << r.body;
@@ -143,7 +127,7 @@ TEST(Faults, DecodeErrorStatusIsRelayedAsIs) {
 }
 
 TEST(Faults, DecodeErrorStatusOnAStreamRequestIsRelayedWithItsStatus) {
-  auto c = cluster::start(1, 1);
+  auto c = cluster::start(1, 1, {"--max-retries", "0"});
   post_json(*c->decode[0], "/sim/fault", {{"fail_status", 503}, {"count", 1}});
   auto r = c->post("/generate", small_request(true));
   EXPECT_EQ(r.status, 503u) << r.body;
@@ -360,7 +344,8 @@ TEST(Faults, DecodeAnswerWithAHeaderOverTheLimitGives502) {
                        "\r\n\r\n" + body);
   auto prefill = sim_worker::start("prefill", fast_sim_args());
   auto lb = pdlb_process::start({"--prefill", prefill->url(), "--prefill-bootstrap-ports",
-                                 std::to_string(prefill->bootstrap_port()), "--decode", decode.url()});
+                                 std::to_string(prefill->bootstrap_port()), "--decode", decode.url(),
+                                 "--max-retries", "0"});  // the canned worker answers once
   auto r = http_request(lb->port(), "POST", "/generate", small_request().dump());
   EXPECT_EQ(r.status, 502u) << r.body.substr(0, 200);
   EXPECT_TRUE(is_error_body(r.body)) << r.body.substr(0, 200);
