@@ -2,8 +2,11 @@
 // per-event logprob merge of a long prefill list. Not a test; run it by hand on a quiet machine:
 //
 //   g++ -std=c++20 -O2 -DNDEBUG -Iinclude -o /tmp/micro_rewrite bench/micro_rewrite.cpp src/json_scan.cpp
-//       src/rewrite.cpp src/json_escape.cpp src/logprob_merge.cpp src/sse.cpp  (one line)
+//       src/rewrite.cpp src/json_escape.cpp src/logprob_merge.cpp src/sse.cpp -lsimdjson  (one line)
 //   /tmp/micro_rewrite
+//
+// It also times simdjson (Debian libsimdjson-dev) doing inspect's job on the same body (validate the
+// whole document, read `stream`), which is why pdlb has its own scanner.
 //
 // Each line prints the median over several batches of the thread CPU time per call, so neither time
 // spent descheduled nor one noisy batch (a build on the same two cores) decides the result.
@@ -15,6 +18,8 @@
 #include <random>
 #include <string>
 #include <vector>
+
+#include <simdjson.h>
 
 #include "pdlb/logprob_merge.hpp"
 #include "pdlb/rewrite.hpp"
@@ -85,6 +90,33 @@ int main() {
       2000);
   std::printf("body %zu bytes: inspect %.2f us, rewrite %.2f us, inspect+rewrite (fresh string) %.2f us\n",
               body.size(), inspect, rewrite, both);
+
+  // simdjson on the same job: a DOM parse validates the whole document (as inspect does), then the
+  // `stream` member is read. The parser is reused, as a server would keep one per thread.
+  simdjson::dom::parser parser;
+  const simdjson::padded_string padded(body);
+  const double simd = median_us(
+      [&] {
+        simdjson::dom::element doc;
+        bool stream = false;
+        if (parser.parse(padded).get(doc) == simdjson::SUCCESS && doc["stream"].get(stream)) stream = false;
+        sink = stream;
+      },
+      2000);
+  // simdjson's on-demand API reads only what is asked and does not validate the rest: faster, but
+  // not the same job (a malformed body would be forwarded to both workers).
+  simdjson::ondemand::parser od;
+  const double on_demand = median_us(
+      [&] {
+        auto doc = od.iterate(padded);
+        bool stream = false;
+        if (doc["stream"].get(stream)) stream = false;
+        sink = stream;
+      },
+      2000);
+  std::printf("simdjson %s on the same body: DOM parse + stream %.2f us; on-demand stream only (no "
+              "validation) %.2f us\n",
+              simdjson::get_active_implementation()->name().c_str(), simd, on_demand);
 
   // A prefill stream's first event with 8000 input-token logprobs, and a small decode event.
   std::string list;

@@ -214,7 +214,10 @@ class Bench:
         self.pdlb = self.binary("pdlb", "")
         self.sim = self.binary("pdlb-sim", "src/sim")
         self.bench = self.binary("pdlb-bench", "src/bench")
-        for b in (self.pdlb, self.sim, self.bench):
+        # --baseline: a second pdlb binary (e.g. the previous commit's), run beside this one as the
+        # contender "pdlb-base", alternating with it in every run, for a same-run A/B.
+        self.baseline = os.path.abspath(args.baseline) if args.baseline else None
+        for b in (self.pdlb, self.sim, self.bench) + ((self.baseline,) if self.baseline else ()):
             if not os.access(b, os.X_OK):
                 raise SystemExit(f"missing {b}: build first (bench/run.sh does)")
         self.tmp = tempfile.mkdtemp(prefix="pdlb-bench.")
@@ -280,8 +283,8 @@ class Bench:
                 wait_port(port, proc=p)
         log(f"nginx stubs on {self.stub_port}, nginx proxy ({a.nginx_workers} worker) on {self.proxy_port}")
 
-    def start_pdlb(self, name, prefill, bootstrap, decode, extra=()):
-        p = self.procs.start(name, [self.pdlb, "--host", "127.0.0.1", "--port", "0", "--prefill", prefill,
+    def start_pdlb(self, name, prefill, bootstrap, decode, extra=(), binary=None):
+        p = self.procs.start(name, [binary or self.pdlb, "--host", "127.0.0.1", "--port", "0", "--prefill", prefill,
                                     "--prefill-bootstrap-ports", str(bootstrap), "--decode", decode,
                                     "--log-interval", "0", "--threads", str(self.args.pdlb_threads),
                                     *extra])
@@ -322,6 +325,9 @@ class Bench:
             if "pdlb" in self.args.contenders:
                 p = self.start_pdlb("pdlb-" + tag, url(pair[0]), 8998, url(pair[1]))
                 self.urls[(pair, "pdlb")] = f"http://127.0.0.1:{p.port}"
+            if "pdlb-base" in self.args.contenders:
+                p = self.start_pdlb("pdlb-base-" + tag, url(pair[0]), 8998, url(pair[1]), binary=self.baseline)
+                self.urls[(pair, "pdlb-base")] = f"http://127.0.0.1:{p.port}"
             if "minilb" in self.args.contenders:
                 p = self.start_minilb("minilb-" + tag, url(pair[0]), 8998, url(pair[1]))
                 self.urls[(pair, "minilb")] = f"http://127.0.0.1:{p.port}"
@@ -446,27 +452,51 @@ class Bench:
             self.procs.stop(p)
 
     def run_streams(self):
-        """5,000 concurrent open streams through one fresh pdlb: all served whole, and its peak RSS."""
+        """5,000 concurrent open streams through one fresh pdlb: all served whole, and its peak RSS.
+
+        With --baseline, the baseline binary gets the same load in each run, each in a fresh process.
+        """
         a = self.args
         pre, dec = self.start_sims("streams", a.streams_step_ms, 16384)
-        lb = self.start_pdlb("pdlb-streams", f"http://127.0.0.1:{pre.port}", pre.bootstrap,
-                             f"http://127.0.0.1:{dec.port}")
+        binaries = [("pdlb", self.pdlb)] + ([("pdlb-base", self.baseline)] if self.baseline else [])
         for run in range(a.runs):
-            before = vm_status(lb.pid)
-            j = self.bench_json(["--url", f"http://127.0.0.1:{lb.port}", "--stream", "--concurrency",
-                                 str(a.streams), "--requests", str(a.streams), "--output-tokens",
-                                 str(a.streams_tokens), "--timeout", "120", "--connect-timeout", "60"], timeout=900)
-            vm = vm_status(lb.pid)
-            j["vm_hwm_mb"], j["vm_rss_mb"], j["vm_rss_before_mb"] = vm["VmHWM"], vm["VmRSS"], before["VmRSS"]
-            self.results.setdefault(("streams", "pdlb"), []).append(j)
-            if j["_exit"] != 0 or j["failed"] or j["completed"] != a.streams:
-                self.failures.append(f"streams/pdlb: {j['completed']} of {a.streams} whole, "
-                                     f"{json.dumps(j['errors'])[:300]}")
-            log(f"run {run + 1}/{a.runs} streams   pdlb    ok {j['completed']}/{a.streams} "
-                f"peak in flight {j.get('peak_in_flight')}  VmHWM {vm['VmHWM']:.1f} MB  "
-                f"E2E p50 {j['median_e2e_ms']:.0f} ms")
-        for p in (lb, dec, pre):
+            for name, binary in binaries:
+                lb = self.start_pdlb(f"{name}-streams-{run}", f"http://127.0.0.1:{pre.port}", pre.bootstrap,
+                                     f"http://127.0.0.1:{dec.port}", binary=binary)
+                before = vm_status(lb.pid)
+                j = self.bench_json(["--url", f"http://127.0.0.1:{lb.port}", "--stream", "--concurrency",
+                                     str(a.streams), "--requests", str(a.streams), "--output-tokens",
+                                     str(a.streams_tokens), "--timeout", "120", "--connect-timeout", "60"], timeout=900)
+                vm = vm_status(lb.pid)
+                j["vm_hwm_mb"], j["vm_rss_mb"], j["vm_rss_before_mb"] = vm["VmHWM"], vm["VmRSS"], before["VmRSS"]
+                self.results.setdefault(("streams", name), []).append(j)
+                if j["_exit"] != 0 or j["failed"] or j["completed"] != a.streams:
+                    self.failures.append(f"streams/{name}: {j['completed']} of {a.streams} whole, "
+                                         f"{json.dumps(j['errors'])[:300]}")
+                log(f"run {run + 1}/{a.runs} streams   {name:<9} ok {j['completed']}/{a.streams} "
+                    f"peak in flight {j.get('peak_in_flight')}  VmHWM {vm['VmHWM']:.1f} MB  "
+                    f"E2E p50 {j['median_e2e_ms']:.0f} ms")
+                self.procs.stop(lb)
+        for p in (dec, pre):
             self.procs.stop(p)
+
+    def ab_table(self, names):
+        """pdlb against --baseline, workload by workload: medians, and the median of per-run ratios."""
+        rows = ["| workload | pdlb | pdlb-base | pdlb / base (median of runs) |", "|---|---|---|---|"]
+        for w in THROUGHPUT:
+            new, old = self.results.get((w["name"], "pdlb"), []), self.results.get((w["name"], "pdlb-base"), [])
+            if w["name"] not in names or not new or not old:
+                continue
+            ratios = [n["rps"] / o["rps"] for n, o in zip(new, old) if n.get("rps") and o.get("rps")]
+            rows.append(f"| {w['title']} | {fmt_rate(median([r['rps'] for r in new]))} req/s | "
+                        f"{fmt_rate(median([r['rps'] for r in old]))} req/s | "
+                        f"{median(ratios):.3f}x |" if ratios else f"| {w['title']} | - | - | - |")
+        new, old = self.results.get(("streams", "pdlb"), []), self.results.get(("streams", "pdlb-base"), [])
+        if new and old:
+            rows.append(f"| {self.args.streams} open streams, VmHWM (worst run) | {max(r['vm_hwm_mb'] for r in new):.0f} MB | "
+                        f"{max(r['vm_hwm_mb'] for r in old):.0f} MB | "
+                        f"{max(r['vm_hwm_mb'] for r in new) / max(r['vm_hwm_mb'] for r in old):.3f}x |")
+        return "\n".join(rows)
 
     # ---------------------------------------------------------------- report
 
@@ -586,6 +616,8 @@ def main():
     ap.add_argument("--build-dir", default=os.environ.get("PDLB_BUILD_DIR", os.path.join(ROOT, "build")))
     ap.add_argument("--results", default=os.path.join(HERE, "results", "latest.md"))
     ap.add_argument("--keep", action="store_true", help="keep the temp dir (configs, logs)")
+    ap.add_argument("--baseline", help="another pdlb binary to run beside this one (contender pdlb-base), "
+                                       "alternating in every run: a same-run A/B")
     a = ap.parse_args()
 
     a.runs = a.runs or (1 if a.quick or a.smoke else 3)
@@ -601,6 +633,8 @@ def main():
             raise SystemExit("--latency-streams: give at least one count >= 1")
     a.streams, a.streams_tokens, a.streams_step_ms = (500, 5, 100) if a.smoke else (5000, 20, 200)
     a.contenders = [c for c in a.contenders.split(",") if c]
+    if a.baseline and "pdlb-base" not in a.contenders:
+        a.contenders.append("pdlb-base")
     names = a.only.split(",") if a.only else ALL_NAMES
     unknown = [n for n in names if n not in ALL_NAMES]
     if unknown:
@@ -627,7 +661,7 @@ def main():
             b.procs.stop_all()
         if "latency" in names and ("pdlb" in a.contenders or "nginx" in a.contenders):
             b.run_latency()
-        if "pdlb" in a.contenders and "streams" in names:
+        if ("pdlb" in a.contenders or "pdlb-base" in a.contenders) and "streams" in names:
             b.run_streams()
     except KeyboardInterrupt:
         b.failures.append("interrupted")
@@ -639,6 +673,8 @@ def main():
 
     elapsed = time.time() - started
     table = b.table(names)
+    if b.baseline:
+        table += "\n\nA/B against the baseline " + b.baseline + ":\n\n" + b.ab_table(names)
     cmd = "bench/run.sh " + " ".join(sys.argv[1:])
     report = [f"# pdlb benchmark, {datetime.datetime.now().strftime('%Y-%m-%d %H:%M')}", "",
               f"Command: `{cmd.strip()}` ({a.runs} run(s), {a.duration:g} s per wrk measurement, medians; "
