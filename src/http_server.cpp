@@ -154,6 +154,9 @@ struct http_server::impl {
   net::awaitable<void> accept_loop();
   net::awaitable<void> run_session(tcp::socket socket, std::size_t index,
                                    std::shared_ptr<client_watch> watch);
+  // Runs the handler for one request read whole; false if the connection is over.
+  net::awaitable<bool> serve_request(connection& conn, request&& req, std::size_t index,
+                                     const std::shared_ptr<client_watch>& watch);
   // Spawns run_session with the watch's cancellation slot bound to it.
   void spawn_session(tcp::socket socket, std::size_t index);
   void request_finished();
@@ -456,11 +459,118 @@ void http_server::impl::close_connections(bool idle_only) {
   }
 }
 
+namespace {
+
+using request_parser = http::request_parser<http::string_body>;
+
+// Reads a request header into `parser`; false if the connection is over, after answering the
+// client's own mistakes (431, 413, 408, 400). An idle keep-alive connection that times out or
+// closes gets no answer.
+net::awaitable<bool> read_request_header(connection& conn, const server_options& opts,
+                                         beast::flat_buffer& buffer, request_parser& parser) {
+  conn.idle = true;
+  conn.stream.expires_never();
+  conn.arm_read_deadline(opts.header_timeout);
+  auto [ec, n] = co_await http::async_read_header(conn.stream, buffer, parser, tuple_awaitable);
+  if (conn.disarm_read_deadline() && ec == net::error::operation_aborted) ec = beast::error::timeout;
+  conn.idle = false;
+  // Beast 1.81 applies the header limit to the request line and to the fields separately (each
+  // put() checks only what it has not consumed yet), so a header of up to twice the limit gets
+  // through; `n` is everything the parser consumed, i.e. the whole header.
+  if (!ec && n > opts.header_limit) ec = http::error::header_limit;
+  if (!ec) co_return true;
+  if (ec == http::error::header_limit) {
+    co_await write_server_error(conn, opts, http::status::request_header_fields_too_large,
+                                "request header too large");
+  } else if (ec == http::error::body_limit) {
+    co_await write_server_error(conn, opts, http::status::payload_too_large,
+                                "request body too large (limit " + std::to_string(opts.body_limit) + " bytes)",
+                                parser.is_header_done() && parser.get().method() == http::verb::head);
+  } else if (ec == beast::error::timeout) {
+    if (buffer.size() > 0)
+      co_await write_server_error(conn, opts, http::status::request_timeout, "timed out reading the request header");
+  } else if (ec != http::error::end_of_stream && ec != net::error::eof && ec != net::error::operation_aborted &&
+             ec != net::error::connection_reset && ec != net::error::bad_descriptor && is_http_parse_error(ec)) {
+    co_await write_server_error(conn, opts, http::status::bad_request, "malformed HTTP request: " + ec.message());
+  }
+  co_return false;
+}
+
+// Answers `Expect: 100-continue` (417 for any other expectation); false if the connection is over.
+net::awaitable<bool> answer_expect(connection& conn, const server_options& opts, request_parser& parser) {
+  auto& head = parser.get();
+  auto expect = head[http::field::expect];
+  if (expect.empty()) co_return true;
+  if (!beast::iequals(expect, "100-continue")) {
+    co_await write_server_error(conn, opts, http::status::expectation_failed, "unsupported Expect header",
+                                head.method() == http::verb::head);
+    co_return false;
+  }
+  if (parser.is_done()) co_return true;
+  conn.stream.expires_after(opts.write_timeout);
+  auto [wec, wn] = co_await net::async_write(conn.stream, net::buffer("HTTP/1.1 100 Continue\r\n\r\n", 25),
+                                             tuple_awaitable);
+  co_return !wec;
+}
+
+// Reads the request body; false if the connection is over, after answering 413, 408 or 400.
+net::awaitable<bool> read_request_body(connection& conn, const server_options& opts, beast::flat_buffer& buffer,
+                                       request_parser& parser) {
+  const bool head_request = parser.get().method() == http::verb::head;
+  // Beast reads at most what the buffer can hold (512 bytes at first): make room for the body so
+  // that it comes in a few large reads, not a hundred small ones. Given back after the request.
+  if (auto length = parser.content_length(); length && !parser.is_done()) {
+    std::size_t want = static_cast<std::size_t>(std::min<std::uint64_t>(*length, 1 << 20)) + buffer.size();
+    if (buffer.capacity() < want) buffer.reserve(want);
+  }
+  while (!parser.is_done()) {
+    conn.arm_read_deadline(opts.body_idle_timeout);
+    auto [rec, rn] = co_await http::async_read_some(conn.stream, buffer, parser, tuple_awaitable);
+    if (conn.disarm_read_deadline() && rec == net::error::operation_aborted) rec = beast::error::timeout;
+    if (!rec) continue;
+    if (rec == http::error::body_limit) {
+      co_await write_server_error(conn, opts, http::status::payload_too_large,
+                                  "request body too large (limit " + std::to_string(opts.body_limit) + " bytes)",
+                                  head_request);
+    } else if (rec == beast::error::timeout) {
+      co_await write_server_error(conn, opts, http::status::request_timeout, "timed out reading the request body",
+                                  head_request);
+    } else if (is_http_parse_error(rec) && rec != http::error::partial_message && rec != http::error::end_of_stream) {
+      co_await write_server_error(conn, opts, http::status::bad_request,
+                                  "malformed HTTP request body: " + rec.message(), head_request);
+    }
+    co_return false;
+  }
+  conn.stream.expires_never();  // the handler's writes set their own deadlines
+  if (buffer.size() == 0 && buffer.capacity() > 4096) buffer.shrink_to_fit();
+  co_return true;
+}
+
+}  // namespace
+
+net::awaitable<bool> http_server::impl::serve_request(connection& conn, request&& req, std::size_t index,
+                                                     const std::shared_ptr<client_watch>& watch) {
+  exchange_impl ex(conn, std::move(req), *threads[index].ctx, opts);
+  client_watch::begin(watch, conn.stream.socket());
+  co_await run_guarded(handler, ex);
+  if (client_watch::end(watch, conn.stream.socket())) {
+    // The client went away: the handler was cancelled; nothing more can be written.
+    co_await net::this_coro::reset_cancellation_state();
+    co_return false;
+  }
+  if (!ex.responded()) {
+    exchange& base = ex;
+    if (co_await base.respond(http::status::internal_server_error, json_error_body("internal error")))
+      co_return false;
+  }
+  co_return !ex.stream_unfinished() && ex.keep_alive();
+}
+
 net::awaitable<void> http_server::impl::run_session(tcp::socket socket, std::size_t index,
                                                     std::shared_ptr<client_watch> watch) {
   connection conn(std::move(socket));
   {
-    // Writes are tried at once and only then awaited (exchange_impl::send), which needs a
+    // Writes are tried at once and only then awaited (exchange_impl::put), which needs a
     // non-blocking socket; Asio's asynchronous operations are not affected by the flag.
     error_code ignored;
     conn.stream.socket().non_blocking(true, ignored);
@@ -479,114 +589,20 @@ net::awaitable<void> http_server::impl::run_session(tcp::socket socket, std::siz
   } guard{this, registry, &conn};
 
   beast::flat_buffer buffer;
-  for (;;) {
-    if (stopping) break;
-    http::request_parser<http::string_body> parser;
+  while (!stopping) {
+    request_parser parser;
     parser.header_limit(opts.header_limit);
     parser.body_limit(opts.body_limit);
-    conn.idle = true;
-    conn.stream.expires_never();
-    conn.arm_read_deadline(opts.header_timeout);
-    auto [ec, n] = co_await http::async_read_header(conn.stream, buffer, parser, tuple_awaitable);
-    if (conn.disarm_read_deadline() && ec == net::error::operation_aborted) ec = beast::error::timeout;
-    conn.idle = false;
-    // Beast 1.81 applies the header limit to the request line and to the fields separately (each
-    // put() checks only what it has not consumed yet), so a header of up to twice the limit gets
-    // through; `n` is everything the parser consumed, i.e. the whole header.
-    if (!ec && n > opts.header_limit) ec = http::error::header_limit;
-    if (ec) {
-      if (ec == http::error::header_limit) {
-        co_await write_server_error(conn, opts, http::status::request_header_fields_too_large,
-                                    "request header too large");
-      } else if (ec == http::error::body_limit) {
-        co_await write_server_error(conn, opts, http::status::payload_too_large,
-                                    "request body too large (limit " +
-                                        std::to_string(opts.body_limit) + " bytes)",
-                                    parser.is_header_done() && parser.get().method() == http::verb::head);
-      } else if (ec == beast::error::timeout) {
-        if (buffer.size() > 0)
-          co_await write_server_error(conn, opts, http::status::request_timeout,
-                                      "timed out reading the request header");
-      } else if (ec != http::error::end_of_stream && ec != net::error::eof &&
-                 ec != net::error::operation_aborted && ec != net::error::connection_reset &&
-                 ec != net::error::bad_descriptor && is_http_parse_error(ec)) {
-        co_await write_server_error(conn, opts, http::status::bad_request,
-                                    "malformed HTTP request: " + ec.message());
-      }
-      break;
-    }
-
+    if (!co_await read_request_header(conn, opts, buffer, parser)) break;
+    // In flight from its header on: a drain waits for a request whose body is still arriving.
     in_flight.fetch_add(1, std::memory_order_acq_rel);
     struct finish {
       impl* self;
       ~finish() { self->request_finished(); }
     } finished{this};
-
-    auto& head = parser.get();
-    const bool head_request = head.method() == http::verb::head;
-    if (auto expect = head[http::field::expect]; !expect.empty()) {
-      if (beast::iequals(expect, "100-continue")) {
-        if (!parser.is_done()) {
-          conn.stream.expires_after(opts.write_timeout);
-          auto [wec, wn] = co_await net::async_write(
-              conn.stream, net::buffer("HTTP/1.1 100 Continue\r\n\r\n", 25), tuple_awaitable);
-          if (wec) break;
-        }
-      } else {
-        co_await write_server_error(conn, opts, http::status::expectation_failed,
-                                    "unsupported Expect header", head_request);
-        break;
-      }
-    }
-
-    bool body_ok = true;
-    // Beast reads at most what the buffer can hold (512 bytes at first): make room for the body so
-    // that it comes in a few large reads, not a hundred small ones. Given back after the request.
-    if (auto length = parser.content_length(); length && !parser.is_done()) {
-      std::size_t want = static_cast<std::size_t>(std::min<std::uint64_t>(*length, 1 << 20)) + buffer.size();
-      if (buffer.capacity() < want) buffer.reserve(want);
-    }
-    while (!parser.is_done()) {
-      conn.arm_read_deadline(opts.body_idle_timeout);
-      auto [rec, rn] = co_await http::async_read_some(conn.stream, buffer, parser, tuple_awaitable);
-      if (conn.disarm_read_deadline() && rec == net::error::operation_aborted) rec = beast::error::timeout;
-      if (!rec) continue;
-      body_ok = false;
-      if (rec == http::error::body_limit) {
-        co_await write_server_error(conn, opts, http::status::payload_too_large,
-                                    "request body too large (limit " +
-                                        std::to_string(opts.body_limit) + " bytes)",
-                                    head_request);
-      } else if (rec == beast::error::timeout) {
-        co_await write_server_error(conn, opts, http::status::request_timeout,
-                                    "timed out reading the request body", head_request);
-      } else if (is_http_parse_error(rec) &&
-                 rec != http::error::partial_message && rec != http::error::end_of_stream) {
-        co_await write_server_error(conn, opts, http::status::bad_request,
-                                    "malformed HTTP request body: " + rec.message(), head_request);
-      }
-      break;
-    }
-    if (!body_ok) break;
-    conn.stream.expires_never();  // the handler's writes set their own deadlines
-    if (buffer.size() == 0 && buffer.capacity() > 4096) buffer.shrink_to_fit();
-
-    exchange_impl ex(conn, parser.release(), *threads[index].ctx, opts);
-    client_watch::begin(watch, conn.stream.socket());
-    co_await run_guarded(handler, ex);
-    if (client_watch::end(watch, conn.stream.socket())) {
-      // The client went away: the handler was cancelled; nothing more can be written.
-      co_await net::this_coro::reset_cancellation_state();
-      break;
-    }
-    if (!ex.responded()) {
-      exchange& base = ex;
-      auto ec2 = co_await base.respond(http::status::internal_server_error,
-                                     json_error_body("internal error"));
-      if (ec2) break;
-    }
-    if (ex.stream_unfinished()) break;
-    if (!ex.keep_alive()) break;
+    if (!co_await answer_expect(conn, opts, parser)) break;
+    if (!co_await read_request_body(conn, opts, buffer, parser)) break;
+    if (!co_await serve_request(conn, parser.release(), index, watch)) break;
   }
   error_code ignored;
   conn.stream.socket().shutdown(tcp::socket::shutdown_send, ignored);

@@ -386,6 +386,96 @@ struct upstream_call::impl {
     }
   }
 
+  // Ends the call after a failure: the connection is closed, nothing is handed out.
+  error_code fail(body_piece& out, error_code ec) {
+    conn.reset();
+    out = body_piece{};
+    return ec;
+  }
+
+  // Parses [data, data + len) into the thread's body scratch, lent to `out` from the first byte;
+  // returns the bytes used. Stops when the scratch is full, the parser needs more bytes, or the
+  // body ended.
+  std::size_t parse_body(body_piece& out, const char* data, std::size_t len, error_code& ec) {
+    auto& p = *parser;
+    const std::size_t cap = ctx.body_scratch().size();
+    std::size_t used_total = 0;
+    while (used_total < len && out.size < cap && !p.is_done()) {
+      if (!out.lease) out.lease = ctx.body_scratch().take();
+      p.set_target(out.lease.data() + out.size, cap - out.size);
+      std::size_t used = p.put(net::buffer(data + used_total, len - used_total), ec);
+      used_total += used;
+      out.size = cap - p.target_room();
+      if (ec == http::error::need_buffer || ec == http::error::need_more) {
+        ec = {};
+        break;
+      }
+      if (ec || used == 0) break;
+    }
+    return used_total;
+  }
+
+  // One read from the socket, parsed into `out`: what the socket has at once, else (the usual case
+  // for a stream between events) a wait by reading. An error is returned as it is (eof included)
+  // for read_some to judge; bad_response if the bytes do not parse.
+  net::awaitable<error_code> read_socket(body_piece& out) {
+    auto& c = *conn;
+    const std::size_t keep = c.buffer.size();
+    if (keep > small_leftover) {
+      // A large unparsed tail (the body scratch filled up): read behind it in place.
+      error_code rec;
+      c.buffer.commit(c.stream.socket().read_some(c.buffer.prepare(65536), rec));
+      if (rec != net::error::would_block && rec != net::error::try_again) co_return rec;
+      c.buffer.shrink_to_fit();
+      co_return co_await wait_readable();
+    }
+    auto raw = ctx.socket_scratch().take();
+    std::size_t got = 0;
+    error_code rec = net::error::would_block;
+    if (!c.drained) {  // the last read emptied the socket: do not try again
+      got = c.stream.socket().read_some(net::buffer(raw.data() + keep, raw.size() - keep), rec);
+      c.drained = !rec && got < raw.size() - keep;
+    }
+    if (rec == net::error::would_block || rec == net::error::try_again) {
+      // Wait by reading: the next bytes land in `inbox`, in this coroutine's frame, so one system
+      // call both waits and reads and epoll is not re-armed (a streamed event costs one recv).
+      raw.reset();  // other streams of this thread use the scratch meanwhile
+      c.buffer.shrink_to_fit();  // keep only the unparsed bytes (often none) while waiting
+      char inbox[1024];
+      arm_deadline();
+      auto [wec, m] = co_await c.stream.socket().async_read_some(net::buffer(inbox), tuple_awaitable);
+      if (disarm_deadline()) co_return beast::error::timeout;
+      if (wec) co_return wec;
+      raw = ctx.socket_scratch().take();
+      std::memcpy(raw.data() + keep, inbox, m);
+      got = m;
+      c.drained = m < sizeof inbox;
+      if (m == sizeof inbox) {
+        // A larger piece (an event longer than the inbox): take the rest now, so that the caller
+        // gets whole events rather than a first kilobyte.
+        error_code more_ec;
+        const std::size_t room = raw.size() - keep - m;
+        const std::size_t more = c.stream.socket().read_some(net::buffer(raw.data() + keep + m, room), more_ec);
+        if (!more_ec) got += more;
+        c.drained = more_ec == net::error::would_block || (!more_ec && more < room);
+      }
+    } else if (rec) {
+      co_return rec;
+    }
+    // The kept bytes go first, then the new ones; what does not parse yet is kept again.
+    if (keep) std::memcpy(raw.data(), c.buffer.data().data(), keep);
+    error_code ec;
+    const std::size_t used = parse_body(out, raw.data(), keep + got, ec);
+    if (ec) co_return upstream_errc::bad_response;
+    c.buffer.clear();
+    if (used < keep + got) {
+      const std::size_t rest = keep + got - used;
+      net::buffer_copy(c.buffer.prepare(rest), net::buffer(raw.data() + used, rest));
+      c.buffer.commit(rest);
+    }
+    co_return error_code{};
+  }
+
   std::unique_ptr<pooled_conn> take_idle() {
     auto& pools = ctx.pools().impl_->idle;
     auto found = pools.find(&host);
@@ -540,138 +630,48 @@ std::string_view upstream_call::content_type() const { return impl_->content_typ
 // Body bytes are read without holding a buffer while the worker is silent: what the socket has is
 // read in one non-blocking call into the thread's socket scratch (up to 64 KB); when it has nothing
 // (or the last read emptied it), the wait is an async read into a 1 KB array in this coroutine's
-// frame. The bytes are parsed into the caller's buffer at once, and only the few unparsed ones (the
-// CRLF that ends a chunk is parsed with the next chunk's header) stay in the connection's buffer,
-// shrunk to fit. An SSE stream that trickles one event at a time then holds a few bytes per stream
-// instead of a 64 KB read buffer, and a burst is read 64 KB at a time instead of Beast's 512 bytes.
+// frame. The bytes are parsed into the thread's body scratch at once, and only the few unparsed ones
+// (the CRLF that ends a chunk is parsed with the next chunk's header) stay in the connection's
+// buffer, shrunk to fit. An SSE stream that trickles one event at a time then holds a few bytes per
+// stream instead of a 64 KB read buffer, and a burst is read 64 KB at a time instead of Beast's 512
+// bytes.
 net::awaitable<error_code> upstream_call::read_some(body_piece& out) {
   out = body_piece{};
   out.done = impl_->body_done;
   if (out.done) co_return error_code{};
   if (!impl_->conn || !impl_->parser) co_return net::error::not_connected;
-  auto& c = *impl_->conn;
-  auto& p = *impl_->parser;
-  auto& ctx = impl_->ctx;
-  const std::size_t cap = ctx.body_scratch().size();
-  auto fail = [&](error_code ec) {
-    impl_->conn.reset();
-    out = body_piece{};
-    return ec;
-  };
-  // Parses [data, data + len) into the thread's body scratch, lent to `out` from the first byte;
-  // returns the bytes used. Stops when the scratch is full, the parser needs more bytes, or the
-  // body ended.
-  auto feed = [&](const char* data, std::size_t len, error_code& ec) {
-    std::size_t used_total = 0;
-    while (used_total < len && out.size < cap && !p.is_done()) {
-      if (!out.lease) out.lease = ctx.body_scratch().take();
-      p.set_target(out.lease.data() + out.size, cap - out.size);
-      std::size_t used = p.put(net::buffer(data + used_total, len - used_total), ec);
-      used_total += used;
-      out.size = cap - p.target_room();
-      if (ec == http::error::need_buffer || ec == http::error::need_more) {
-        ec = {};
-        break;
-      }
-      if (ec || used == 0) break;
-    }
-    return used_total;
-  };
-  auto finished = [&] {
-    impl_->body_done = out.done = true;
-    phase_ = phase::done;
-  };
+  auto& i = *impl_;
   for (;;) {
     // Bytes kept from before (the rest of a header read, or an unparsed tail) come first.
-    if (c.buffer.size() > 0 && out.size < cap) {
+    auto& buffer = i.conn->buffer;
+    if (buffer.size() > 0 && out.size < i.ctx.body_scratch().size()) {
       error_code ec;
-      auto d = c.buffer.data();
-      c.buffer.consume(feed(static_cast<const char*>(d.data()), d.size(), ec));
-      if (ec) co_return fail(upstream_errc::bad_response);
+      auto d = buffer.data();
+      buffer.consume(i.parse_body(out, static_cast<const char*>(d.data()), d.size(), ec));
+      if (ec) co_return i.fail(out, upstream_errc::bad_response);
     }
-    if (p.is_done()) {
-      finished();
+    if (i.parser->is_done()) {
+      i.body_done = out.done = true;
+      phase_ = phase::done;
       co_return error_code{};
     }
     if (out.size > 0) co_return error_code{};
-    out.lease.reset();  // nothing in it, and the reads below may suspend
-
-    // Nothing to hand out yet: read from the socket, waiting for it only when it has nothing.
-    error_code rec;
-    std::size_t got = 0;
-    std::size_t keep = c.buffer.size();
-    if (keep <= small_leftover) {
-      auto raw_lease = ctx.socket_scratch().take();
-      const std::size_t raw_size = raw_lease.size();
-      if (!c.drained) {
-        got = c.stream.socket().read_some(net::buffer(raw_lease.data() + keep, raw_size - keep), rec);
-        c.drained = !rec && got < raw_size - keep;
-      } else {
-        rec = net::error::would_block;  // the last read emptied the socket: do not try again
-      }
-      if (rec == net::error::would_block || rec == net::error::try_again) {
-        // Wait by reading: the next bytes land in `inbox`, in this coroutine's frame, so one system
-        // call both waits and reads and epoll is not re-armed (a streamed event costs one recv).
-        raw_lease.reset();  // other streams of this thread use the scratch meanwhile
-        c.buffer.shrink_to_fit();  // keep only the unparsed bytes (often none) while waiting
-        char inbox[1024];
-        impl_->arm_deadline();
-        auto [wec, m] = co_await c.stream.socket().async_read_some(net::buffer(inbox), tuple_awaitable);
-        if (impl_->disarm_deadline()) co_return fail(beast::error::timeout);
-        rec = wec;
-        got = m;
-        raw_lease = ctx.socket_scratch().take();
-        keep = c.buffer.size();
-        std::memcpy(raw_lease.data() + keep, inbox, m);
-        c.drained = !wec && m < sizeof inbox;
-        if (!wec && m == sizeof inbox) {
-          // A larger piece (an event longer than the inbox): take the rest now, so that the caller
-          // gets whole events rather than a first kilobyte.
-          error_code more_ec;
-          const std::size_t room = raw_size - keep - m;
-          const std::size_t more =
-              c.stream.socket().read_some(net::buffer(raw_lease.data() + keep + m, room), more_ec);
-          if (!more_ec) got += more;
-          c.drained = more_ec == net::error::would_block || (!more_ec && more < room);
-        }
-      }
-      if (!rec) {
-        char* raw = raw_lease.data();
-        if (keep) std::memcpy(raw, c.buffer.data().data(), keep);
-        error_code ec;
-        const std::size_t used = feed(raw, keep + got, ec);
-        if (ec) co_return fail(upstream_errc::bad_response);
-        c.buffer.clear();
-        if (used < keep + got) {
-          const std::size_t rest = keep + got - used;
-          net::buffer_copy(c.buffer.prepare(rest), net::buffer(raw + used, rest));
-          c.buffer.commit(rest);
-        }
-        continue;
-      }
-    } else {
-      // A large unparsed tail (the body scratch filled up): read behind it in place.
-      got = c.stream.socket().read_some(c.buffer.prepare(65536), rec);
-      c.buffer.commit(got);
-      if (!rec) continue;
-      if (rec == net::error::would_block || rec == net::error::try_again) {
-        c.buffer.shrink_to_fit();
-        if (auto ec = co_await impl_->wait_readable()) co_return fail(ec);
-        continue;
-      }
-    }
+    out.lease.reset();  // nothing in it, and the read below may suspend
+    const error_code rec = co_await i.read_socket(out);
+    if (!rec) continue;
     if (rec == net::error::eof) {
       // A body delimited by the end of the connection ends here; any other body was cut short.
       error_code ec;
-      p.put_eof(ec);
-      if (!ec && p.is_done()) {
-        finished();
-        impl_->conn.reset();
+      i.parser->put_eof(ec);
+      if (!ec && i.parser->is_done()) {
+        i.body_done = out.done = true;
+        phase_ = phase::done;
+        i.conn.reset();
         co_return error_code{};
       }
-      co_return fail(http::error::partial_message);
+      co_return i.fail(out, http::error::partial_message);
     }
-    co_return fail(rec);
+    co_return i.fail(out, rec);
   }
 }
 

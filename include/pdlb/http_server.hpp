@@ -95,10 +95,9 @@ class exchange {
   /// client sees an incomplete body.
   virtual void abort_stream() = 0;
 
-  /// Closes the connection without sending any response (fault injection, e.g. a worker that
-  /// crashes mid-request). The handler should return right after. The default does nothing, so
-  /// existing implementations of this interface keep compiling.
-  virtual void drop_connection() {}
+  /// Closes the connection without sending any response (pdlb-sim's fault injection: a worker that
+  /// crashes mid-request). The handler should return right after.
+  virtual void drop_connection() = 0;
 
   /// True once response headers were sent.
   virtual bool responded() const = 0;
@@ -138,8 +137,9 @@ class http_server {
   /// on_drained.
   void release();
 
-  /// Closes the listening socket so new connections are refused; open connections stay. Callable
-  /// from any thread; done before returning when called on thread 0.
+  /// Closes the listening socket so new connections are refused; open connections stay (pdlb-sim's
+  /// `refuse_connections` fault: a worker whose process is gone). Callable from any thread; done
+  /// before returning when called on thread 0.
   void stop_accepting();
   /// Listens again on the same port after stop_accepting(). Callable from any thread; done before
   /// returning when called on thread 0. Errors are logged (the port may have been taken meanwhile).
@@ -155,9 +155,8 @@ class http_server {
   /// Number of open client connections (all threads).
   std::size_t connections() const;
 
-  struct impl;
-
  private:
+  struct impl;  // defined in the .cpp file
   std::unique_ptr<impl> impl_;
 };
 

@@ -23,6 +23,10 @@
 
 namespace pdlb {
 
+namespace detail {
+struct pooled_conn;
+}
+
 namespace net = boost::asio;
 using error_code = boost::system::error_code;
 
@@ -85,10 +89,11 @@ class upstream_host {
   /// The worker left: each thread closes its idle connections to it at its next prune.
   void retire();
 
-  struct impl;
-
  private:
+  struct impl;  // defined in upstream.cpp
   friend class upstream_call;
+  friend class upstream_pools;
+  friend struct detail::pooled_conn;
   std::shared_ptr<impl> impl_;  // shared with its pooled connections, which may outlive this
 };
 
@@ -108,9 +113,8 @@ class upstream_pools {
   /// Idle connections held.
   std::size_t idle_count() const;
 
-  struct impl;
-
  private:
+  struct impl;  // defined in upstream.cpp
   friend class upstream_call;
   std::unique_ptr<impl> impl_;
 };
@@ -157,9 +161,8 @@ class upstream_call {
   phase where() const { return phase_; }
   static std::string_view phase_name(phase p);
 
-  struct impl;
-
  private:
+  struct impl;  // defined in the .cpp file
   std::unique_ptr<impl> impl_;
   phase phase_ = phase::idle;
 };
