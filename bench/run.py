@@ -360,7 +360,7 @@ class Bench:
 
     def wrk(self, w, c, url, body_path):
         a = self.args
-        cmd = ["wrk", "-t1", f"-c{w['conns']}", f"-d{a.duration}s", "--timeout", "30s", "--latency",
+        cmd = ["wrk", "-t1", f"-c{w['conns']}", f"-d{a.duration:g}s", "--timeout", "30s", "--latency",
                "-s", os.path.join(HERE, "post.lua"), url + "/generate"]
         p = subprocess.run(cmd, capture_output=True, text=True, env=dict(os.environ, WRK_BODY=body_path),
                            timeout=a.duration + 120)

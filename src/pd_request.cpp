@@ -47,10 +47,10 @@ class worker_call {
   bool leased_ = true;
 };
 
-decode_result::decode_result() = default;
-decode_result::~decode_result() = default;
-decode_result::decode_result(decode_result&&) noexcept = default;
-decode_result& decode_result::operator=(decode_result&&) noexcept = default;
+leg_result::leg_result() = default;
+leg_result::~leg_result() = default;
+leg_result::leg_result(leg_result&&) noexcept = default;
+leg_result& leg_result::operator=(leg_result&&) noexcept = default;
 
 attempt_verdict judge_attempt(const prefill_result& p, const decode_result& d) {
   if (p.end == leg_end::failed || (p.end == leg_end::answered && !p.ok()))
@@ -152,6 +152,10 @@ class pd_request {
   net::awaitable<void> answer(attempt_result r);
   /// Relays the decode's stream; the status line is out once this starts.
   net::awaitable<void> relay(worker_call& decode, const prefill_logprobs& logprobs);
+  /// Relays the decode's stream while the prefill's is read to its end, at once.
+  net::awaitable<void> relay_beside(worker_call& decode, worker_call& prefill);
+  /// Reads the rest of the prefill's stream (its events go nowhere) so its connection is reused.
+  net::awaitable<void> drain(worker_call& prefill);
   /// Answers an error of pdlb's own.
   net::awaitable<void> fail(http::status status, std::string_view message);
 
@@ -245,9 +249,9 @@ net::awaitable<pd_request::attempt_result> pd_request::attempt(worker& p, worker
 }
 
 net::awaitable<prefill_result> pd_request::prefill_leg(worker& p, std::string_view body) {
-  worker_call wc(p, ctx_);
-  auto& call = wc.call();
-  if (auto ec = co_await call.start("POST", path_, body)) co_return failed_leg<prefill_result>(wc, ec);
+  auto wc = std::make_unique<worker_call>(p, ctx_);
+  auto& call = wc->call();
+  if (auto ec = co_await call.start("POST", path_, body)) co_return failed_leg<prefill_result>(*wc, ec);
   prefill_result r;
   r.end = leg_end::answered;
   r.target = &p;
@@ -262,21 +266,26 @@ net::awaitable<prefill_result> pd_request::prefill_leg(worker& p, std::string_vi
   }
   if (!info_.stream) {
     if (auto ec = co_await call.read_all(r.body, lb_.cfg_.max_body_size))
-      co_return failed_leg<prefill_result>(wc, ec);
+      co_return failed_leg<prefill_result>(*wc, ec);
     if (info_.return_logprob) extract_input_logprobs(r.body, r.logprobs);
     r.body.clear();
+  } else if (!info_.return_logprob) {
+    // Its events go nowhere: the body is read (so that the connection can be reused) while the
+    // decode's stream is relayed, which may start before the prefill's stream has ended.
+    r.stream = std::move(wc);
+    co_return r;
   } else {
-    // Read the prefill's whole stream so its connection can be reused; keep its logprobs.
+    // Merging needs the prefill's logprobs before the first decode event: read its whole stream.
     prefill_stream_reader reader;
     for (;;) {
       body_piece piece;
-      if (auto ec = co_await call.read_some(piece)) co_return failed_leg<prefill_result>(wc, ec);
-      if (info_.return_logprob) reader.feed(piece.bytes());
+      if (auto ec = co_await call.read_some(piece)) co_return failed_leg<prefill_result>(*wc, ec);
+      reader.feed(piece.bytes());
       if (piece.done) break;
     }
     r.logprobs = std::move(reader.logprobs());
   }
-  wc.finish();
+  wc->finish();
   co_return r;
 }
 
@@ -318,6 +327,7 @@ net::awaitable<void> pd_request::answer(attempt_result r) {
       break;
   }
   auto& dr = r.decode;
+  if (dr.stream && r.prefill.stream) co_return co_await relay_beside(*dr.stream, *r.prefill.stream);
   if (dr.stream) co_return co_await relay(*dr.stream, r.prefill.logprobs);
   // The decode's whole answer (its own error answer included, as minilb relays it).
   if (dr.status >= 400) counters.errors.fetch_add(1, std::memory_order_relaxed);
@@ -363,6 +373,58 @@ net::awaitable<void> pd_request::relay(worker_call& decode, const prefill_logpro
   }
   decode.finish();
   co_await ex_.end_stream();
+}
+
+namespace {
+
+// Distinct types for the two members of relay_beside's group, so that its condition can tell them
+// apart: the relay's end (whole, failed, or the client gone) stops a prefill stream still being read,
+// as nothing waits for it any more; the prefill's end stops nothing.
+struct relay_ended {};
+struct prefill_drained {};
+struct relay_condition {
+  net::cancellation_type_t operator()(std::exception_ptr, relay_ended) const {
+    return net::cancellation_type::terminal;
+  }
+  net::cancellation_type_t operator()(std::exception_ptr, prefill_drained) const {
+    return net::cancellation_type::none;
+  }
+};
+
+}  // namespace
+
+net::awaitable<void> pd_request::relay_beside(worker_call& decode, worker_call& prefill) {
+  static const prefill_logprobs no_logprobs;
+  auto executor = co_await net::this_coro::executor;
+  auto relay_op = [&]() -> net::awaitable<relay_ended> {
+    co_await relay(decode, no_logprobs);
+    co_return relay_ended{};
+  };
+  auto drain_op = [&]() -> net::awaitable<prefill_drained> {
+    co_await drain(prefill);
+    co_return prefill_drained{};
+  };
+  auto [order, re, r, pe, p] = co_await net::experimental::make_parallel_group(
+                                   net::co_spawn(executor, relay_op(), net::deferred),
+                                   net::co_spawn(executor, drain_op(), net::deferred))
+                                   .async_wait(relay_condition{}, net::use_awaitable);
+  if (re) ex_.close_after();  // the relay was cancelled: the client left
+}
+
+net::awaitable<void> pd_request::drain(worker_call& prefill) {
+  for (;;) {
+    body_piece piece;
+    if (auto ec = co_await prefill.call().read_some(piece)) {
+      // The decode has what it needs from this prefill (or will fail on its own): the relay goes
+      // on, and only the prefill's health hears of it.
+      if (ec != net::error::operation_aborted)
+        lb_.record_failure(prefill.target(), kind_of(ec, prefill.call().where()),
+                           describe_failure(prefill.target(), prefill.call(), ec));
+      co_return;
+    }
+    if (piece.done) break;
+  }
+  prefill.finish();
 }
 
 net::awaitable<void> pd_request::fail(http::status status, std::string_view message) {

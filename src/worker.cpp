@@ -86,12 +86,13 @@ std::shared_ptr<worker> worker_registry::add(worker_role role, const worker_url&
                                              std::string& error) {
   std::lock_guard lock(change_mutex_);
   auto set = snapshot();
-  for (const auto* pool : {&set->prefill, &set->decode})
-    for (const auto& w : *pool)
-      if (w->url() == url.url && !w->draining.load()) {
-        error = "worker " + url.url + " is already listed (as " + std::string(to_string(w->role)) + ")";
-        return nullptr;
-      }
+  // One server may be both a prefill and a decode worker (minilb allows it; benchmarks with stub
+  // workers do it), but not twice in one role.
+  for (const auto& w : set->of(role))
+    if (w->url() == url.url && !w->draining.load()) {
+      error = "worker " + url.url + " is already listed as a " + std::string(to_string(role)) + " worker";
+      return nullptr;
+    }
   auto host = std::make_unique<upstream_host>(url, per_host_limit_, global_limit_, opts_);
   auto w = std::make_shared<worker>(role, role == worker_role::prefill ? bootstrap_port : std::nullopt,
                                     std::move(host));

@@ -3,8 +3,8 @@
 // The request object alone picks the worker pair, rewrites the body, runs both legs, decides the
 // answer and writes it. An attempt runs one pair: both legs at once, each returning a complete,
 // typed result; the attempt's verdict (a pure function of the two results) says what the client
-// gets. A stream is relayed only once both legs are known to be good, so an attempt that fails has
-// sent the client nothing, and running the pair again is one call (pd_request::attempt).
+// gets. A stream is relayed only once both legs answered 2xx, so an attempt that fails before that
+// has sent the client nothing, and running the pair again is one call (pd_request::attempt).
 #pragma once
 
 #include "pdlb/http_server.hpp"
@@ -29,11 +29,17 @@ enum class leg_end {
 
 /// A leg's result. Default-constructed, it reads as cancelled (what a leg that threw leaves).
 struct leg_result {
+  leg_result();
+  ~leg_result();
+  leg_result(leg_result&&) noexcept;
+  leg_result& operator=(leg_result&&) noexcept;
   leg_end end = leg_end::cancelled;
   worker* target = nullptr;     ///< The leg's worker (set unless cancelled).
   unsigned status = 0;          ///< The worker's status, when it answered.
   std::string content_type;     ///< The worker's Content-Type, when it answered.
-  std::string body;             ///< The worker's whole answer (not for a stream being relayed).
+  std::string body;             ///< The worker's whole answer (not when `stream` is set).
+  /// A 2xx stream whose body is still to be read: the call (and the worker's in-flight count).
+  std::unique_ptr<worker_call> stream;
   /// For failed, or a prefill's error answer: what went wrong, naming the worker (and the phase).
   std::string failure;
   /// For failed, or a prefill's error answer: the status the client gets.
@@ -45,20 +51,15 @@ struct leg_result {
   bool ok() const { return end == leg_end::answered && status >= 200 && status < 300; }
 };
 
-/// The prefill leg's result: its logprobs, read from its answer when asked for.
+/// The prefill leg's result: its logprobs, read from its answer when asked for. For a stream without
+/// logprobs, `stream` holds the call whose body is read while the decode's is relayed.
 struct prefill_result : leg_result {
   prefill_logprobs logprobs;
 };
 
-/// The decode leg's result. For a stream answered 2xx, `stream` holds the call whose body is still
-/// to be relayed (the worker's in-flight count with it); otherwise the whole answer is in `body`.
-struct decode_result : leg_result {
-  decode_result();
-  ~decode_result();
-  decode_result(decode_result&&) noexcept;
-  decode_result& operator=(decode_result&&) noexcept;
-  std::unique_ptr<worker_call> stream;
-};
+/// The decode leg's result. For a stream answered 2xx, `stream` holds the call whose body is to be
+/// relayed; otherwise the whole answer is in `body`.
+struct decode_result : leg_result {};
 
 /// What an attempt's two results mean for the client.
 enum class attempt_verdict {

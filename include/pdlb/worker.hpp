@@ -106,11 +106,13 @@ class worker_registry {
   /// The current set.
   std::shared_ptr<const worker_set> snapshot() const { return current_.load(std::memory_order_acquire); }
 
-  /// Adds a worker. Fails (nullptr, `error` set) if its URL is already listed and not draining.
+  /// Adds a worker. Fails (nullptr, `error` set) if its URL is already listed in that role and not
+  /// draining.
   std::shared_ptr<worker> add(worker_role role, const worker_url& url,
                               std::optional<std::uint16_t> bootstrap_port, std::string& error);
-  /// Starts draining the worker with this URL (normalised as parse_worker_url does): it takes no
-  /// new request and leaves the list once its last request ended. False if it is not listed.
+  /// Starts draining the worker(s) with this URL (normalised as parse_worker_url does; both roles if
+  /// one server is both): no new request, and it leaves the list once its last request ended.
+  /// False if it is not listed.
   bool drain(std::string_view url);
   /// Removes drained workers that have nothing in flight; call it now and then.
   void sweep();

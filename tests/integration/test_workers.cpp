@@ -228,3 +228,21 @@ TEST(Membership, ARemovedWorkerFinishesItsStreamAndGetsNoNewRequest) {
 
 }  // namespace
 }  // namespace pdlb::test
+
+namespace pdlb::test {
+namespace {
+
+TEST(Membership, OneServerMayBeBothAPrefillAndADecodeWorkerButNotTwiceInARole) {
+  auto lb = pdlb_process::start({});
+  auto add = [&](const char* type) {
+    return http_request(lb->port(), "POST", "/workers",
+                        json({{"url", "http://127.0.0.1:9"}, {"worker_type", type}}).dump());
+  };
+  EXPECT_EQ(add("prefill").status, 200u);
+  EXPECT_EQ(add("decode").status, 200u);
+  EXPECT_EQ(add("decode").status, 409u);
+  EXPECT_EQ(parse_json(http_request(lb->port(), "GET", "/workers").body)["workers"].size(), 2u);
+}
+
+}  // namespace
+}  // namespace pdlb::test
