@@ -331,6 +331,7 @@ net::awaitable<void> load_balancer::dispatch(exchange& ex) {
                                      "WWW-Authenticate: Bearer\r\n");
     co_return co_await handle_fan_out(ex, path, false);
   }
+  if (path == "/slow_down") co_return co_await handle_slow_down(ex);
   if (path == "/get_server_info") {
     if (!is_get) co_return co_await method_not_allowed("GET");
     co_return co_await handle_server_info(ex);
@@ -739,6 +740,111 @@ net::awaitable<void> load_balancer::handle_first_prefill(exchange& ex, std::stri
   counters_.errors.fetch_add(1, std::memory_order_relaxed);
   co_await ex.respond(http::status::bad_gateway,
                       json_error_body("no prefill worker answered " + std::string(path) + ": " + errors));
+}
+
+// POST /slow_down {"forward_sleep_time": S|null, "role": "decode"|"prefill", "workers": [url...]}
+// makes the workers sleep S seconds before every forward pass (SGLang issue 6017), the trick the
+// seed's decode test uses to pile requests up on a decode node. It changes how workers serve
+// everyone, so it is an admin route: with --admin-api-key it needs that key; without one, only
+// loopback clients may call it.
+net::awaitable<void> load_balancer::handle_slow_down(exchange& ex) {
+  auto fail = [&](http::status s, std::string msg, std::string_view extra = {}) -> net::awaitable<void> {
+    counters_.errors.fetch_add(1, std::memory_order_relaxed);
+    co_await ex.respond(s, json_error_body(msg), "application/json", extra);
+  };
+  const auto& req = ex.req();
+  if (req.method() != http::verb::post)
+    co_return co_await fail(http::status::method_not_allowed,
+                            "method " + std::string(req.method_string()) + " not allowed on /slow_down",
+                            "Allow: POST\r\n");
+  if (!cfg_.admin_api_key.empty()) {
+    if (!bearer_ok(req, cfg_.admin_api_key))
+      co_return co_await fail(http::status::unauthorized, "missing or wrong admin API key",
+                              "WWW-Authenticate: Bearer\r\n");
+  } else {
+    // remote() is "ADDRESS:PORT" as Asio prints it (IPv6 without brackets), or "?".
+    std::string peer = ex.remote();
+    std::string addr = peer.substr(0, peer.rfind(':'));
+    bool loopback = addr.rfind("127.", 0) == 0 || addr == "::1" || addr.rfind("::ffff:127.", 0) == 0;
+    if (!loopback)
+      co_return co_await fail(http::status::forbidden,
+                              "/slow_down is an admin route: without --admin-api-key only loopback "
+                              "clients may call it (this client is " + peer + ")");
+  }
+
+  auto body = nlohmann::json::parse(req.body(), nullptr, false);
+  if (body.is_discarded() || !body.is_object())
+    co_return co_await fail(http::status::bad_request,
+                            "body must be a JSON object like {\"forward_sleep_time\": 90.0}");
+  nlohmann::json sleep;
+  bool has_sleep = false;
+  std::string role = "decode";
+  std::vector<std::string> wanted;
+  bool has_workers = false;
+  for (auto& [key, value] : body.items()) {
+    if (key == "forward_sleep_time") {
+      if (!value.is_null() && !(value.is_number() && value.get<double>() >= 0))
+        co_return co_await fail(http::status::bad_request,
+                                "forward_sleep_time must be a number of seconds >= 0, or null to clear it");
+      sleep = value;
+      has_sleep = true;
+    } else if (key == "role") {
+      if (!value.is_string() || (value != "decode" && value != "prefill"))
+        co_return co_await fail(http::status::bad_request, "role must be \"decode\" or \"prefill\"");
+      role = value.get<std::string>();
+    } else if (key == "workers") {
+      if (!value.is_array() || value.empty())
+        co_return co_await fail(http::status::bad_request, "workers must be a non-empty list of worker URLs");
+      for (auto& u : value) {
+        if (!u.is_string())
+          co_return co_await fail(http::status::bad_request, "workers must be a list of URL strings");
+        wanted.push_back(u.get<std::string>());
+      }
+      has_workers = true;
+    } else {
+      co_return co_await fail(http::status::bad_request,
+                              "unknown field \"" + key + "\" (known: forward_sleep_time, role, workers)");
+    }
+  }
+  if (!has_sleep)
+    co_return co_await fail(http::status::bad_request,
+                            "forward_sleep_time is required (seconds, or null to clear it)");
+
+  const auto& pool = role == "prefill" ? prefill_ : decode_;
+  std::vector<worker*> targets;
+  if (!has_workers) {
+    for (auto& w : pool) targets.push_back(w.get());
+  } else {
+    for (auto& url : wanted) {
+      // The configured URL may carry a trailing slash or not; compare without it.
+      auto trim = [](std::string_view u) { return u.substr(0, u.find_last_not_of('/') + 1); };
+      auto it = std::find_if(pool.begin(), pool.end(),
+                             [&](const auto& w) { return trim(w->host->url().url) == trim(url); });
+      if (it == pool.end()) {
+        std::string known;
+        for (auto& w : pool) known += (known.empty() ? "" : ", ") + w->host->url().url;
+        co_return co_await fail(http::status::bad_request,
+                                url + " is not a " + role + " worker of this pdlb (" + role +
+                                    " workers: " + (known.empty() ? "none" : known) + ")");
+      }
+      if (std::find(targets.begin(), targets.end(), it->get()) == targets.end()) targets.push_back(it->get());
+    }
+  }
+  if (targets.empty())
+    co_return co_await fail(http::status::service_unavailable, "no " + role + " worker configured");
+
+  std::string forward = nlohmann::json{{"forward_sleep_time", sleep}}.dump();
+  auto results = co_await fan_out(targets, ex.thread_index(), "POST", "/slow_down", forward);
+  std::string failed = failures_text(results);
+  if (!failed.empty())
+    co_return co_await fail(http::status::bad_gateway, "slow_down failed on: " + failed);
+  nlohmann::json out = {{"forward_sleep_time", sleep}, {"role", role}, {"workers", nlohmann::json::array()}};
+  for (auto& r : results) {
+    auto answer = nlohmann::json::parse(r.body, nullptr, false);
+    out["workers"].push_back({{"url", r.url}, {"status", r.status},
+                              {"answer", answer.is_discarded() ? nlohmann::json(r.body) : answer}});
+  }
+  co_await ex.respond(http::status::ok, out.dump());
 }
 
 }  // namespace pdlb

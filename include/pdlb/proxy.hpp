@@ -66,6 +66,8 @@ class load_balancer {
   net::awaitable<void> handle_health_generate(exchange& ex);
   net::awaitable<void> handle_server_info(exchange& ex);
   net::awaitable<void> handle_first_prefill(exchange& ex, std::string_view path);
+  /// POST /slow_down: SGLang's forward_sleep_time to every decode (or prefill) worker at once.
+  net::awaitable<void> handle_slow_down(exchange& ex);
 
   config cfg_;
   std::shared_ptr<conn_limiter> global_limit_;
