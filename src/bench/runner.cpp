@@ -775,7 +775,8 @@ bench_result run_bench(const bench_options& opts) {
 
   for (unsigned i = 0; i < opts.threads; ++i) {
     auto ln = std::make_unique<lane>();
-    ln->rng.seed(0x5eed0000ull + i + static_cast<std::uint64_t>(clock_type::now().time_since_epoch().count()));
+    ln->rng.seed(0x5eed0000ull + i +
+                 opts.seed.value_or(static_cast<std::uint64_t>(clock_type::now().time_since_epoch().count())));
     st.guards.emplace_back(net::make_work_guard(ln->ioc));
     st.lanes.push_back(std::move(ln));
   }

@@ -38,6 +38,7 @@ struct bench_options {
   unsigned threads = 1;
   double connect_timeout_s = 10;
   double idle_timeout_s = 120;  ///< Longest silence while waiting for response bytes.
+  std::optional<std::uint64_t> seed;  ///< Seed of the arrival times and rooms (default: the clock).
 
   /// Direct PD: no proxy; the bench adds the bootstrap fields and sends to both workers itself.
   bool direct_pd = false;
