@@ -136,7 +136,7 @@ nlohmann::json to_json(const bench_result& r, const std::string& label, bool sam
   put("event_latency", r.event_latency);
   if (samples) {
     // Every request's figures, for plots (a CDF) that percentiles cannot give.
-    j["samples_ms"] = {{"ttft", r.ttft}, {"tpot", r.tpot}, {"e2e", r.e2e}};
+    j["samples_ms"] = {{"send", r.send}, {"ttft", r.ttft}, {"tpot", r.tpot}, {"e2e", r.e2e}};
   }
   j["errors"] = nlohmann::json::object();
   for (const auto& [why, n] : r.errors) j["errors"][why] = n;
@@ -186,7 +186,7 @@ int main(int argc, char** argv) {
   app.add_option("--bootstrap-port", o.bootstrap_port, "Direct PD: the prefill worker's bootstrap port");
   app.add_option("--decode", o.decode_url, "Direct PD: the decode worker URL");
   app.add_flag("--json", json, "Print one JSON object instead of the text report");
-  app.add_flag("--samples", samples, "With --json: add every request's TTFT, TPOT and E2E (samples_ms)");
+  app.add_flag("--samples", samples, "With --json: add every request's send time, TTFT, TPOT and E2E (samples_ms)");
   app.add_option("--seed", o.seed, "Seed of the Poisson arrivals and bootstrap rooms (default: the clock)");
   app.add_option("--label", label, "Name shown in the report");
   app.add_flag("--print-body", print_body, "Print the request body that would be sent, and exit");

@@ -625,6 +625,7 @@ net::awaitable<void> run_one(lane& ln, shared_state& st) {
       double ttft = ms_between(t_send, *out.first_token);
       r.e2e.push_back(static_cast<float>(e2e));
       r.ttft.push_back(static_cast<float>(ttft));
+      r.send.push_back(static_cast<float>(ms_between(st.start, t_send)));
       if (out.tokens > 1) r.tpot.push_back(static_cast<float>((e2e - ttft) / static_cast<double>(out.tokens - 1)));
       r.itl.insert(r.itl.end(), out.itl.begin(), out.itl.end());
       r.lag.insert(r.lag.end(), out.lag.begin(), out.lag.end());
@@ -824,6 +825,7 @@ bench_result run_bench(const bench_options& opts) {
     append(total.itl, r.itl);
     append(total.tpot, r.tpot);
     append(total.e2e, r.e2e);
+    append(total.send, r.send);
     append(total.lag, r.lag);
     append(total.jitter, r.jitter);
     append(total.event_latency, r.event_latency);

@@ -59,6 +59,8 @@ struct bench_result {
   std::uint64_t bytes = 0;          ///< Response body bytes received (all requests).
   std::uint64_t peak_in_flight = 0;  ///< Most requests in flight at once.
   std::vector<float> ttft, itl, tpot, e2e;
+  /// Send time of each successful request, ms after the run started (same order as ttft and e2e).
+  std::vector<float> send;
   /// Event delivery delay: arrival time minus the worker's e2e_latency when it made the event
   /// (includes the request's trip to the worker; compare contenders, not absolute values).
   std::vector<float> lag;
