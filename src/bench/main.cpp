@@ -164,6 +164,8 @@ int main(int argc, char** argv) {
   app.add_option("--concurrency", o.concurrency, "Closed loop: requests kept in flight");
   app.add_option("--request-rate", o.request_rate, "Open loop: Poisson arrivals per second")
       ->check(CLI::PositiveNumber);
+  app.add_flag("--exact-rate", o.exact_rate,
+               "Open loop with --requests N: N Poisson arrivals over exactly N/R seconds (count fixed)");
   app.add_option("--requests", o.requests, "Requests to issue (0: no limit)")->capture_default_str();
   app.add_option("--duration", o.duration_s, "Seconds to keep issuing requests (0: no limit)")
       ->capture_default_str();

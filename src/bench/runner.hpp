@@ -27,6 +27,7 @@ struct bench_options {
   bool stream = false;
   unsigned concurrency = 0;    ///< Closed loop: this many requests in flight at all times.
   double request_rate = 0;     ///< Open loop: Poisson arrivals at this rate (req/s).
+  bool exact_rate = false;     ///< Open loop: `requests` arrivals spread over requests / rate seconds.
   std::uint64_t requests = 0;  ///< Stop issuing after this many (0: no limit).
   double duration_s = 0;       ///< Stop issuing after this long (0: no limit).
   std::uint32_t input_tokens = 0;   ///< Prompt as input_ids of this length (0: use prompt_chars).
