@@ -346,6 +346,8 @@ def verify(s, target_rps, max_concurrency=None):
     s.log(f"  target {target_rps:.2f} req/s, offered {offered:.2f}, achieved {achieved:.2f}; "
           f"TTFT {key} {ttft[key]:.0f} ms (SLO {s.ttft_slo_ms:.0f}), TPOT {key} {tpot[key]:.1f} ms "
           f"(SLO {s.tpot_slo_ms:.0f}): {'PASS' if passed else 'FAIL'}")
+    for why in reasons:
+        s.log(f"  FAIL: {why}")
     for w in warnings:
         s.log(f"  warning: {w}")
     return VerifyResult(target_rps, offered, achieved, r.get("completed", 0), r.get("failed", 0),

@@ -48,15 +48,20 @@ def _plot_decode(dec, path):
 
 def _plot_cdf(ver, path):
     fig, ax = plt.subplots(figsize=(6.4, 4))
+    plotted = False
     for key, label in (("e2e", "end-to-end latency"), ("ttft", "TTFT")):
         vals = sorted(ver.samples.get(key, []))
         if vals:
             ax.plot(vals, [(i + 1) / len(vals) for i in range(len(vals))], label=label)
+            plotted = True
+    if not plotted:
+        ax.text(0.5, 0.5, "no request completed", ha="center", va="center", transform=ax.transAxes)
     ax.set_xlabel("ms")
     ax.set_ylabel("fraction of requests")
     ax.set_title(f"Verify: latency CDF at {ver.target_rps:.2f} req/s")
     ax.grid(alpha=0.3)
-    ax.legend()
+    if plotted:
+        ax.legend()
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)

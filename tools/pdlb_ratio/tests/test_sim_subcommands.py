@@ -1,0 +1,87 @@
+"""prefill-test, decode-test and verify on their own, against a pdlb the test starts in front of
+pdlb-sim nodes: the path a user with real nodes takes (the tool starts nothing itself here)."""
+import os
+import re
+import subprocess
+import tempfile
+import unittest
+
+from pdlb_ratio import procs
+
+BIN_DIR = os.environ.get("PDLB_RATIO_BIN_DIR", "")
+COMMON = ["--input-len", "256", "--output-len", "32", "--concurrency", "16", "--ttft-slo", "3000",
+          "--tpot-slo", "200"]
+
+
+@unittest.skipUnless(BIN_DIR and os.access(os.path.join(BIN_DIR, "pdlb-ratio"), os.X_OK),
+                     "set PDLB_RATIO_BIN_DIR to a build directory with pdlb-ratio (ctest does)")
+class Subcommands(unittest.TestCase):
+    @classmethod
+    def setUpClass(cls):
+        cls.tmp = tempfile.TemporaryDirectory()
+        cls.procs = procs.Processes(os.path.join(cls.tmp.name, "logs"))
+        sim = os.path.join(BIN_DIR, "pdlb-sim")
+        try:
+            # Prefill: 10 req/s at 256 tokens. Decode: 40 ms steps at 16 running = 400 token/s,
+            # 12.5 req/s of 32 tokens.
+            cls.prefill = cls.procs.start_sim("prefill", "prefill", [sim, "--prefill-tokens-per-s", "2560"])
+            cls.decode = cls.procs.start_sim("decode", "decode", [sim, "--step-base-ms", "20", "--step-per-req-ms",
+                                                                 "1.25", "--max-running-requests", "32",
+                                                                 "--decode-log-interval", "2"])
+            cls.lb, _ = cls.procs.start_lb("pdlb", os.path.join(BIN_DIR, "pdlb"), [cls.prefill], [cls.decode])
+        except BaseException:
+            cls.procs.stop_all()
+            raise
+
+    @classmethod
+    def tearDownClass(cls):
+        cls.procs.stop_all()
+        cls.tmp.cleanup()
+
+    def pdlb_ratio(self, *args):
+        out = os.path.join(self.tmp.name, "out")
+        done = subprocess.run([os.path.join(BIN_DIR, "pdlb-ratio"), *args, "--out", out],
+                              capture_output=True, text=True, timeout=240)
+        return done.returncode, done.stdout + done.stderr, out
+
+    def test_decode_test_measures_the_node_from_its_log_and_from_its_reported_throughput(self):
+        for with_log in (True, False):
+            extra = ["--decode-log", self.decode.log] if with_log else []
+            code, out, out_dir = self.pdlb_ratio("decode-test", "--lb", self.lb, "--decode-url", self.decode.url,
+                                                 *extra, *COMMON)
+            self.assertEqual(code, 0, out)
+            m = re.search(r"decode capacity: ([\d.]+) req/s per node, TPOT ([\d.]+) ms", out)
+            self.assertIsNotNone(m, out)
+            self.assertLess(abs(float(m.group(1)) - 12.5) / 12.5, 0.10, out)
+            self.assertLess(abs(float(m.group(2)) - 40.0) / 40.0, 0.10, out)
+            self.assertIn("log " if with_log else "reported gen throughput", out)
+            self.assertTrue(os.path.getsize(os.path.join(out_dir, "decode_throughput.png")) > 1000)
+        # The decode node was released: nothing is left slowed.
+        status, stats = procs.http_json("GET", self.decode.url + "/sim/stats")
+        self.assertEqual(stats["forward_sleep_time"], 0)
+
+    def test_prefill_test_finds_a_capacity_near_the_node_rate(self):
+        code, out, out_dir = self.pdlb_ratio("prefill-test", "--lb", self.lb, "--window", "4",
+                                             "--prefill-concurrency", "8", *COMMON)
+        self.assertEqual(code, 0, out)
+        m = re.search(r"prefill capacity: ([\d.]+) req/s per node", out)
+        self.assertIsNotNone(m, out)
+        self.assertGreater(float(m.group(1)), 7.0, out)
+        self.assertLess(float(m.group(1)), 10.5, out)
+        with open(os.path.join(out_dir, "report.md")) as fh:
+            self.assertIn("](prefill_ttft.png)", fh.read())
+
+    def test_verify_passes_below_capacity_and_fails_on_a_dead_load_balancer(self):
+        code, out, _ = self.pdlb_ratio("verify", "--lb", self.lb, "--rate", "5", "--window", "4", *COMMON)
+        self.assertEqual(code, 0, out)
+        self.assertIn("verify: PASS", out)
+        # Port 1 on loopback: nothing listens there, every connect is refused.
+        code, out, _ = self.pdlb_ratio("verify", "--lb", "http://127.0.0.1:1", "--rate", "5", "--window", "2",
+                                       *COMMON)
+        self.assertEqual(code, 1, out)
+        self.assertIn("FAIL: 20 requests failed", out)
+        self.assertIn("verify: FAIL", out)
+
+
+if __name__ == "__main__":
+    unittest.main()
