@@ -1,5 +1,6 @@
 """prefill-test, decode-test and verify on their own, against a pdlb the test starts in front of
 pdlb-sim nodes: the path a user with real nodes takes (the tool starts nothing itself here)."""
+import json
 import os
 import re
 import subprocess
@@ -81,6 +82,24 @@ class Subcommands(unittest.TestCase):
         self.assertEqual(code, 1, out)
         self.assertIn("FAIL: 20 requests failed", out)
         self.assertIn("verify: FAIL", out)
+
+    def bench_sends(self, seed):
+        done = subprocess.run([os.path.join(BIN_DIR, "pdlb-bench"), "--url", self.lb, "--request-rate", "20",
+                               "--exact-rate", "--requests", "40", "--seed", str(seed), "--json", "--samples",
+                               "--input-tokens", "16", "--output-tokens", "2"],
+                              capture_output=True, text=True, timeout=60)
+        self.assertEqual(done.returncode, 0, done.stdout + done.stderr)
+        result = json.loads(done.stdout)
+        self.assertEqual(len(result["samples_ms"]["send"]), 40)
+        self.assertEqual(len(result["samples_ms"]["e2e"]), 40)
+        return sorted(result["samples_ms"]["send"])
+
+    def test_bench_exact_rate_spreads_the_requests_over_n_over_r_and_the_seed_repeats_them(self):
+        a, b, c = self.bench_sends(7), self.bench_sends(7), self.bench_sends(8)
+        self.assertLessEqual(a[-1], 2000.0 + 50)  # 40 requests at 20 req/s: all sent within 2 s
+        self.assertGreater(a[-1], 1500.0)  # and spread over most of it (the last of 40 uniform draws)
+        self.assertLess(max(abs(x - y) for x, y in zip(a, b)), 50.0, "same seed, different schedule")
+        self.assertGreater(max(abs(x - y) for x, y in zip(a, c)), 50.0, "another seed, same schedule")
 
 
 if __name__ == "__main__":
