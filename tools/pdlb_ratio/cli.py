@@ -213,10 +213,17 @@ def cmd_prefill_test(a):
 
 
 def cmd_decode_test(a):
-    _real_phase(a, "pdlb-ratio decode test", "dec",
-                lambda s: experiment.decode_test(s, a.decode_url, a.decode_log, a.cards),
-                lambda r: f"decode capacity: {r.per_node_rps:.2f} req/s per node, TPOT {r.tpot_ms:.1f} ms")
-    return 0
+    dec = _real_phase(a, "pdlb-ratio decode test", "dec",
+                      lambda s: experiment.decode_test(s, a.decode_url, a.decode_log, a.cards),
+                      lambda r: f"decode capacity: {r.per_node_rps:.2f} req/s per node, TPOT {r.tpot_ms:.1f} ms"
+                                + ("" if r.within_slo else f" (over the TPOT SLO of {a.tpot_slo:g} ms)"))
+    return 0 if dec.within_slo else 1
+
+
+def _need_within_slo(dec, a):
+    if not dec.within_slo:
+        raise ToolError(f"the decode test's TPOT ({dec.tpot_ms:.1f} ms at {dec.concurrency} running) is over "
+                        f"--tpot-slo {a.tpot_slo:g}: no ratio from it; run again with a lower --concurrency")
 
 
 def cmd_verify(a):
@@ -237,6 +244,7 @@ def cmd_run(a):
     os.makedirs(s.out_dir, exist_ok=True)
     pre = experiment.prefill_test(s, a.prefill_nodes)
     dec = experiment.decode_test(s, a.decode_url, a.decode_log, a.cards)
+    _need_within_slo(dec, a)
     pl = planmod.plan(pre.per_node_rps, 1, dec.per_node_rps, 1)
     rate = min(a.prefill_nodes * pre.per_node_rps, len(a.decode_url) * dec.per_node_rps)
     print(pl.ratio)
@@ -262,6 +270,7 @@ def _run_sim(a):
     with SimCluster(a, "decode-test", 2, 1) as c:
         s = _settings(a, c.lb)
         dec = experiment.decode_test(s, [d.url for d in c.decode], [d.log for d in c.decode])
+    _need_within_slo(dec, a)
     pl = planmod.plan(pre.per_node_rps, 1, dec.per_node_rps, 1)
     print(pl.ratio)
     print(f"recommended: {pl.mix.name} ({pl.mix.rate:.2f} req/s)")

@@ -65,10 +65,15 @@ def parse_line(text, source="", lineno=0):
     return BatchLine(b.group("kind").lower(), src, lineno, ts, fields)
 
 
-def parse_files(paths):
+def parse_files(paths, start_offsets=None):
+    """Batch lines of the files; with start_offsets, only what each file got past its offset (the
+    lines a running node wrote during a test), unless the file shrank (then it was replaced)."""
     lines = []
-    for path in paths:
+    for k, path in enumerate(paths):
         with open(path, encoding="utf-8", errors="replace") as fh:
+            start = (start_offsets or {}).get(k, 0)
+            fh.seek(0, 2)
+            fh.seek(start if 0 < start <= fh.tell() else 0)
             for i, text in enumerate(fh, 1):
                 bl = parse_line(text, str(path), i)
                 if bl:

@@ -139,6 +139,22 @@ class Analyse(unittest.TestCase):
             logparse.analyse([logparse.parse_line(t) for t in text], 16)
 
 
+class Offsets(unittest.TestCase):
+    def test_only_lines_written_after_the_offset_count_unless_the_file_was_replaced(self):
+        line = lambda r, g: SIM_DECODE.format(r=r, g=g)  # noqa: E731
+        with tempfile.TemporaryDirectory() as d:
+            path = os.path.join(d, "decode.log")
+            with open(path, "w") as fh:  # an earlier experiment: a long window at 900 token/s
+                fh.write("\n".join([line(16, "1")] + [line(16, "900.00")] * 9) + "\n")
+            offset = os.path.getsize(path)
+            with open(path, "a") as fh:  # this test's window: 500 token/s
+                fh.write("\n".join([line(1, "0.1"), line(16, "2"), line(16, "500.00"), line(16, "500.00")]) + "\n")
+            r = logparse.analyse(logparse.parse_files([path], {0: offset}), 16)
+            self.assertAlmostEqual(r.throughput, 500.0)
+            self.assertAlmostEqual(logparse.analyse(logparse.parse_files([path]), 16).throughput, 900.0)
+            self.assertEqual(len(logparse.parse_files([path], {0: offset * 100})), 14)  # replaced: all
+
+
 class Cli(unittest.TestCase):
     def test_decode_log_command_on_a_file(self):
         with tempfile.TemporaryDirectory() as d:

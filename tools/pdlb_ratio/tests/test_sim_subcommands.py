@@ -61,6 +61,28 @@ class Subcommands(unittest.TestCase):
         status, stats = procs.http_json("GET", self.decode.url + "/sim/stats")
         self.assertEqual(stats["forward_sleep_time"], 0)
 
+    def test_decode_test_over_the_tpot_slo_says_so_and_exits_1(self):
+        args = [a if a != "200" else "30" for a in COMMON]  # TPOT SLO 30 ms; the node's steps are 40 ms
+        code, out, _ = self.pdlb_ratio("decode-test", "--lb", self.lb, "--decode-url", self.decode.url, *args)
+        self.assertEqual(code, 1, out)
+        self.assertIn("over the TPOT SLO of 30 ms", out)
+        self.assertIn("measure again with a lower --concurrency", out)
+
+    def test_run_on_an_existing_cluster_measures_recommends_and_verifies(self):
+        code, out, out_dir = self.pdlb_ratio("run", "--lb", self.lb, "--prefill-nodes", "1", "--decode-url",
+                                             self.decode.url, "--decode-log", self.decode.log, "--window", "4",
+                                             "--prefill-concurrency", "8", *COMMON)
+        self.assertEqual(code, 0, out)
+        # Prefill about 10 req/s, decode 12.5: the smallest mix within 10 % is 4P3D or 5P4D.
+        m = re.search(r"recommended: (\d+)P(\d+)D", out)
+        self.assertIsNotNone(m, out)
+        x, y = int(m.group(1)), int(m.group(2))
+        self.assertGreater(x, y, out)
+        self.assertIn("verify: PASS", out)
+        with open(os.path.join(out_dir, "report.md")) as fh:
+            md = fh.read()
+        self.assertIn("verify ran on the cluster behind", md)
+
     def test_prefill_test_finds_a_capacity_near_the_node_rate(self):
         code, out, out_dir = self.pdlb_ratio("prefill-test", "--lb", self.lb, "--window", "4",
                                              "--prefill-concurrency", "8", *COMMON)
