@@ -33,11 +33,12 @@ TEST(SlowDown, ReachesEveryDecodeWorkerAndRequestsQueueUntilCleared) {
   EXPECT_EQ(sleep_time(*c->decode[1]), 30.0);
   EXPECT_EQ(sleep_time(*c->prefill[0]), 0.0) << "the prefill worker was slowed too";
 
-  // Four requests, two per decode worker (round robin): the first one on each worker runs into
-  // the 30 s sleep, the second one holds its KV and waits in the queue.
+  // Four requests, two per decode worker (round robin). The first one on each worker joins the
+  // batch, whose step then sleeps 30 s; the second one, sent once the first runs, holds its KV and
+  // waits in the queue.
   std::vector<http_response> answers(4);
   std::vector<std::thread> clients;
-  for (int i = 0; i < 4; ++i)
+  auto send = [&](int i) {
     clients.emplace_back([&, i] {
       answers[i] = http_request(c->port(), "POST", "/generate",
                                 json{{"text", "queued " + std::to_string(i)},
@@ -45,8 +46,14 @@ TEST(SlowDown, ReachesEveryDecodeWorkerAndRequestsQueueUntilCleared) {
                                     .dump(),
                                 {}, 60s);
     });
+  };
+  send(0);
+  send(1);
+  for (auto& d : c->decode) d->wait("running=1", 20s);
+  send(2);
+  send(3);
   for (auto& d : c->decode) {
-    auto s = d->try_wait("min_queued=1&running=1", 20s);
+    auto s = d->try_wait("queued=1&running=1", 20s);
     EXPECT_TRUE(s.has_value()) << "requests did not queue on " << d->url() << ": " << d->stats().dump();
   }
   EXPECT_EQ(c->decode[0]->stats()["finished"], 0);

@@ -1,6 +1,5 @@
 """pdlb-ratio's command line: plan, kv, decode-log, prefill-test, decode-test, verify, run."""
 import argparse
-import math
 import os
 import signal
 import sys
@@ -24,7 +23,7 @@ def _positive(kind):
 pos_int, pos_float = _positive(int), _positive(float)
 
 
-def _measure_args(p, sim_defaults=False):
+def _measure_args(p):
     p.add_argument("--input-len", type=pos_int, default=1024, help="prompt tokens (default 1024)")
     p.add_argument("--output-len", type=pos_int, default=128, help="output tokens (default 128)")
     p.add_argument("--ttft-slo", type=pos_float, default=3000.0, help="TTFT SLO in ms (default 3000)")
