@@ -34,9 +34,9 @@ def _measure_args(p):
                    help="seconds of load per measured rate and for verify (default 30)")
     p.add_argument("--prefill-concurrency", type=pos_int, default=128,
                    help="prefill test: requests in flight for the saturation run (seed: 128)")
-    p.add_argument("--concurrency", type=pos_int, default=64,
+    p.add_argument("--concurrency", type=pos_int, default=32,
                    help="decode test: running requests per decode node (set SGLang's "
-                        "--max-running-requests to it; default 64)")
+                        "--max-running-requests to it; default 32)")
     p.add_argument("--out", default="pdlb-ratio-out", help="directory for the report, logs, raw results")
     p.add_argument("--bin-dir", help="directory with pdlb-bench (and pdlb, pdlb-sim in sim mode)")
     p.add_argument("--admin-key", default=os.environ.get("PDLB_ADMIN_API_KEY"),
