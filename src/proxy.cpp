@@ -153,10 +153,21 @@ nlohmann::json workers_json(const std::vector<std::shared_ptr<worker>>& pool) {
   return list;
 }
 
-bool is_loopback_peer(const std::string& remote) {
-  // exchange::remote() is "address:port"; IPv6 addresses are written without brackets.
-  return remote.rfind("127.", 0) == 0 || remote.rfind("::1:", 0) == 0 ||
-         remote.rfind("::ffff:127.", 0) == 0;
+// Why an admin route is refused, or nothing. New admin routes need the admin key when one is set,
+// and without one are open to loopback clients only (exchange::remote() is "ADDRESS:PORT" as Asio
+// prints it, IPv6 without brackets).
+std::optional<std::pair<http::status, std::string>> admin_refusal(const request& req, const std::string& key,
+                                                                  const std::string& remote,
+                                                                  std::string_view route) {
+  if (!key.empty()) {
+    if (bearer_ok(req, key)) return std::nullopt;
+    return std::pair{http::status::unauthorized, std::string("missing or wrong admin API key")};
+  }
+  const std::string addr = remote.substr(0, remote.rfind(':'));
+  if (addr.rfind("127.", 0) == 0 || addr == "::1" || addr.rfind("::ffff:127.", 0) == 0) return std::nullopt;
+  return std::pair{http::status::forbidden, std::string(route) +
+                                                " is an admin route: without --admin-api-key only loopback "
+                                                "clients may call it (this client is " + remote + ")"};
 }
 
 // Decodes %XX escapes (a worker URL in a path or query); false on a malformed escape.
@@ -350,6 +361,7 @@ net::awaitable<void> load_balancer::dispatch(exchange& ex) {
                                      "WWW-Authenticate: Bearer\r\n");
     co_return co_await handle_fan_out(ex, path, false);
   }
+  if (path == "/slow_down") co_return co_await handle_slow_down(ex);
   if (path == "/get_server_info") {
     if (!is_get) co_return co_await method_not_allowed("GET");
     co_return co_await handle_server_info(ex);
@@ -369,15 +381,11 @@ net::awaitable<void> load_balancer::dispatch(exchange& ex) {
   }
   if (path == "/workers" || path.starts_with("/workers/") || path == "/add_worker" ||
       path == "/remove_worker" || path == "/list_workers" || path == "/register") {
-    // Membership changes what every client gets: with an admin key, the key is needed; without
-    // one, only clients on this host may call these.
-    if (!cfg_.admin_api_key.empty() && !bearer_ok(req, cfg_.admin_api_key))
-      co_return co_await reply_error(http::status::unauthorized, "missing or wrong admin API key",
-                                     "WWW-Authenticate: Bearer\r\n");
-    if (cfg_.admin_api_key.empty() && !is_loopback_peer(ex.remote()))
-      co_return co_await reply_error(http::status::forbidden,
-                                     "worker routes are open to loopback clients only unless "
-                                     "--admin-api-key is set");
+    // Membership changes what every client gets: an admin route.
+    if (auto refusal = admin_refusal(req, cfg_.admin_api_key, ex.remote(), path))
+      co_return co_await reply_error(refusal->first, refusal->second,
+                                     refusal->first == http::status::unauthorized ? "WWW-Authenticate: Bearer\r\n"
+                                                                                  : "");
     co_return co_await handle_workers(ex, path);
   }
   co_await reply_error(http::status::not_found, "no route for " + std::string(path));
@@ -645,6 +653,100 @@ net::awaitable<void> load_balancer::handle_first_prefill(exchange& ex, std::stri
   counters_.errors.fetch_add(1, std::memory_order_relaxed);
   co_await ex.respond(http::status::bad_gateway,
                       json_error_body("no prefill worker answered " + std::string(path) + ": " + errors));
+}
+
+// POST /slow_down {"forward_sleep_time": S|null, "role": "decode"|"prefill", "workers": [url...]}
+// makes the workers sleep S seconds before every forward pass (SGLang issue 6017), the trick the
+// seed's decode test uses to pile requests up on a decode node. It changes how workers serve
+// everyone, so it is an admin route: with --admin-api-key it needs that key; without one, only
+// loopback clients may call it.
+net::awaitable<void> load_balancer::handle_slow_down(exchange& ex) {
+  auto fail = [&](http::status s, std::string msg, std::string_view extra = {}) -> net::awaitable<void> {
+    counters_.errors.fetch_add(1, std::memory_order_relaxed);
+    co_await ex.respond(s, json_error_body(msg), "application/json", extra);
+  };
+  const auto& req = ex.req();
+  if (req.method() != http::verb::post)
+    co_return co_await fail(http::status::method_not_allowed,
+                            "method " + std::string(req.method_string()) + " not allowed on /slow_down",
+                            "Allow: POST\r\n");
+  if (auto refusal = admin_refusal(req, cfg_.admin_api_key, ex.remote(), "/slow_down"))
+    co_return co_await fail(refusal->first, refusal->second,
+                            refusal->first == http::status::unauthorized ? "WWW-Authenticate: Bearer\r\n" : "");
+  auto body = nlohmann::json::parse(req.body(), nullptr, false);
+  if (body.is_discarded() || !body.is_object())
+    co_return co_await fail(http::status::bad_request,
+                            "body must be a JSON object like {\"forward_sleep_time\": 90.0}");
+  nlohmann::json sleep;
+  bool has_sleep = false;
+  std::string role = "decode";
+  std::vector<std::string> wanted;
+  bool has_workers = false;
+  for (auto& [key, value] : body.items()) {
+    if (key == "forward_sleep_time") {
+      if (!value.is_null() && !(value.is_number() && value.get<double>() >= 0))
+        co_return co_await fail(http::status::bad_request,
+                                "forward_sleep_time must be a number of seconds >= 0, or null to clear it");
+      sleep = value;
+      has_sleep = true;
+    } else if (key == "role") {
+      if (!value.is_string() || (value != "decode" && value != "prefill"))
+        co_return co_await fail(http::status::bad_request, "role must be \"decode\" or \"prefill\"");
+      role = value.get<std::string>();
+    } else if (key == "workers") {
+      if (!value.is_array() || value.empty())
+        co_return co_await fail(http::status::bad_request, "workers must be a non-empty list of worker URLs");
+      for (auto& u : value) {
+        if (!u.is_string())
+          co_return co_await fail(http::status::bad_request, "workers must be a list of URL strings");
+        wanted.push_back(u.get<std::string>());
+      }
+      has_workers = true;
+    } else {
+      co_return co_await fail(http::status::bad_request,
+                              "unknown field \"" + key + "\" (known: forward_sleep_time, role, workers)");
+    }
+  }
+  if (!has_sleep)
+    co_return co_await fail(http::status::bad_request,
+                            "forward_sleep_time is required (seconds, or null to clear it)");
+
+  const auto set = registry_.snapshot();
+  const auto& pool = set->of(role == "prefill" ? worker_role::prefill : worker_role::decode);
+  std::vector<worker*> targets;
+  if (!has_workers) {
+    for (auto& w : pool) targets.push_back(w.get());
+  } else {
+    for (auto& url : wanted) {
+      // The configured URL may carry a trailing slash or not; compare without it.
+      auto trim = [](std::string_view u) { return u.substr(0, u.find_last_not_of('/') + 1); };
+      auto it = std::find_if(pool.begin(), pool.end(),
+                             [&](const auto& w) { return trim(w->host->url().url) == trim(url); });
+      if (it == pool.end()) {
+        std::string known;
+        for (auto& w : pool) known += (known.empty() ? "" : ", ") + w->host->url().url;
+        co_return co_await fail(http::status::bad_request,
+                                url + " is not a " + role + " worker of this pdlb (" + role +
+                                    " workers: " + (known.empty() ? "none" : known) + ")");
+      }
+      if (std::find(targets.begin(), targets.end(), it->get()) == targets.end()) targets.push_back(it->get());
+    }
+  }
+  if (targets.empty())
+    co_return co_await fail(http::status::service_unavailable, "no " + role + " worker configured");
+
+  std::string forward = nlohmann::json{{"forward_sleep_time", sleep}}.dump();
+  auto results = co_await fan_out(targets, ex.context(), "POST", "/slow_down", forward);
+  std::string failed = failures_text(results);
+  if (!failed.empty())
+    co_return co_await fail(http::status::bad_gateway, "slow_down failed on: " + failed);
+  nlohmann::json out = {{"forward_sleep_time", sleep}, {"role", role}, {"workers", nlohmann::json::array()}};
+  for (auto& r : results) {
+    auto answer = nlohmann::json::parse(r.body, nullptr, false);
+    out["workers"].push_back({{"url", r.url}, {"status", r.status},
+                              {"answer", answer.is_discarded() ? nlohmann::json(r.body) : answer}});
+  }
+  co_await ex.respond(http::status::ok, out.dump());
 }
 
 }  // namespace pdlb

@@ -59,6 +59,8 @@ class load_balancer {
   net::awaitable<void> handle_first_prefill(exchange& ex, std::string_view path);
   net::awaitable<void> handle_workers(exchange& ex, std::string_view path);
   net::awaitable<void> handle_readiness(exchange& ex);
+  /// POST /slow_down: SGLang's forward_sleep_time to every decode (or prefill) worker at once.
+  net::awaitable<void> handle_slow_down(exchange& ex);
 
   config cfg_;
   health_policy health_;

@@ -103,7 +103,7 @@ void print_text(const bench_result& r, const std::string& label) {
   std::printf("==================================================\n");
 }
 
-nlohmann::json to_json(const bench_result& r, const std::string& label) {
+nlohmann::json to_json(const bench_result& r, const std::string& label, bool samples) {
   double dur = r.duration_s > 0 ? r.duration_s : 1e-9;
   nlohmann::json j;
   if (!label.empty()) j["label"] = label;
@@ -134,6 +134,10 @@ nlohmann::json to_json(const bench_result& r, const std::string& label) {
   put("delay", r.lag);
   put("jitter", r.jitter);
   put("event_latency", r.event_latency);
+  if (samples) {
+    // Every request's figures, for plots (a CDF) that percentiles cannot give.
+    j["samples_ms"] = {{"send", r.send}, {"ttft", r.ttft}, {"tpot", r.tpot}, {"e2e", r.e2e}};
+  }
   j["errors"] = nlohmann::json::object();
   for (const auto& [why, n] : r.errors) j["errors"][why] = n;
   return j;
@@ -146,6 +150,7 @@ int main(int argc, char** argv) {
   bench_options o;
   std::string route = "generate";
   bool json = false;
+  bool samples = false;
   bool print_body = false;
   std::string label;
 
@@ -159,6 +164,8 @@ int main(int argc, char** argv) {
   app.add_option("--concurrency", o.concurrency, "Closed loop: requests kept in flight");
   app.add_option("--request-rate", o.request_rate, "Open loop: Poisson arrivals per second")
       ->check(CLI::PositiveNumber);
+  app.add_flag("--exact-rate", o.exact_rate,
+               "Open loop with --requests N: N Poisson arrivals over exactly N/R seconds (count fixed)");
   app.add_option("--requests", o.requests, "Requests to issue (0: no limit)")->capture_default_str();
   app.add_option("--duration", o.duration_s, "Seconds to keep issuing requests (0: no limit)")
       ->capture_default_str();
@@ -181,6 +188,8 @@ int main(int argc, char** argv) {
   app.add_option("--bootstrap-port", o.bootstrap_port, "Direct PD: the prefill worker's bootstrap port");
   app.add_option("--decode", o.decode_url, "Direct PD: the decode worker URL");
   app.add_flag("--json", json, "Print one JSON object instead of the text report");
+  app.add_flag("--samples", samples, "With --json: add every request's send time, TTFT, TPOT and E2E (samples_ms)");
+  app.add_option("--seed", o.seed, "Seed of the Poisson arrivals and bootstrap rooms (default: the clock)");
   app.add_option("--label", label, "Name shown in the report");
   app.add_flag("--print-body", print_body, "Print the request body that would be sent, and exit");
   CLI11_PARSE(app, argc, argv);
@@ -197,7 +206,7 @@ int main(int argc, char** argv) {
   try {
     auto r = run_bench(o);
     if (json) {
-      std::cout << to_json(r, label).dump() << std::endl;
+      std::cout << to_json(r, label, samples).dump() << std::endl;
     } else {
       print_text(r, label);
     }

@@ -625,6 +625,7 @@ net::awaitable<void> run_one(lane& ln, shared_state& st) {
       double ttft = ms_between(t_send, *out.first_token);
       r.e2e.push_back(static_cast<float>(e2e));
       r.ttft.push_back(static_cast<float>(ttft));
+      r.send.push_back(static_cast<float>(ms_between(st.start, t_send)));
       if (out.tokens > 1) r.tpot.push_back(static_cast<float>((e2e - ttft) / static_cast<double>(out.tokens - 1)));
       r.itl.insert(r.itl.end(), out.itl.begin(), out.itl.end());
       r.lag.insert(r.lag.end(), out.lag.begin(), out.lag.end());
@@ -654,7 +655,17 @@ net::awaitable<void> open_loop_dispatcher(shared_state& st) {
   std::exponential_distribution<double> gap(st.opts.request_rate);
   net::steady_timer timer(ln0.ioc);
   auto next = st.start;
+  // --exact-rate: the N arrival times are N uniform draws over N / rate seconds, sorted: a Poisson
+  // process conditioned on its count, so its bursts are Poisson's but its mean rate is exactly rate.
+  std::vector<double> at;
+  if (st.opts.exact_rate) {
+    std::uniform_real_distribution<double> u(0.0, static_cast<double>(st.opts.requests) / st.opts.request_rate);
+    for (std::uint64_t k = 0; k < st.opts.requests; ++k) at.push_back(u(ln0.rng));
+    std::sort(at.begin(), at.end());
+  }
   for (std::size_t i = 0; st.claim(); ++i) {
+    if (i < at.size())
+      next = st.start + std::chrono::duration_cast<clock_type::duration>(std::chrono::duration<double>(at[i]));
     timer.expires_at(next);
     co_await timer.async_wait(tuple_awaitable);
     auto& ln = *st.lanes[i % st.lanes.size()];
@@ -754,6 +765,8 @@ bench_result run_bench(const bench_options& opts) {
     throw std::runtime_error("give --concurrency N (closed loop) or --request-rate R (open loop)");
   if (opts.requests == 0 && opts.duration_s <= 0)
     throw std::runtime_error("give --requests M or --duration S");
+  if (opts.exact_rate && (opts.request_rate <= 0 || opts.requests == 0))
+    throw std::runtime_error("--exact-rate needs --request-rate R and --requests N");
   if (opts.threads == 0) throw std::runtime_error("--threads must be at least 1");
 
   shared_state st(opts);
@@ -775,7 +788,8 @@ bench_result run_bench(const bench_options& opts) {
 
   for (unsigned i = 0; i < opts.threads; ++i) {
     auto ln = std::make_unique<lane>();
-    ln->rng.seed(0x5eed0000ull + i + static_cast<std::uint64_t>(clock_type::now().time_since_epoch().count()));
+    ln->rng.seed(0x5eed0000ull + i +
+                 opts.seed.value_or(static_cast<std::uint64_t>(clock_type::now().time_since_epoch().count())));
     st.guards.emplace_back(net::make_work_guard(ln->ioc));
     st.lanes.push_back(std::move(ln));
   }
@@ -823,6 +837,7 @@ bench_result run_bench(const bench_options& opts) {
     append(total.itl, r.itl);
     append(total.tpot, r.tpot);
     append(total.e2e, r.e2e);
+    append(total.send, r.send);
     append(total.lag, r.lag);
     append(total.jitter, r.jitter);
     append(total.event_latency, r.event_latency);

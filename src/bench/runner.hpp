@@ -27,6 +27,7 @@ struct bench_options {
   bool stream = false;
   unsigned concurrency = 0;    ///< Closed loop: this many requests in flight at all times.
   double request_rate = 0;     ///< Open loop: Poisson arrivals at this rate (req/s).
+  bool exact_rate = false;     ///< Open loop: `requests` arrivals spread over requests / rate seconds.
   std::uint64_t requests = 0;  ///< Stop issuing after this many (0: no limit).
   double duration_s = 0;       ///< Stop issuing after this long (0: no limit).
   std::uint32_t input_tokens = 0;   ///< Prompt as input_ids of this length (0: use prompt_chars).
@@ -38,6 +39,7 @@ struct bench_options {
   unsigned threads = 1;
   double connect_timeout_s = 10;
   double idle_timeout_s = 120;  ///< Longest silence while waiting for response bytes.
+  std::optional<std::uint64_t> seed;  ///< Seed of the arrival times and rooms (default: the clock).
 
   /// Direct PD: no proxy; the bench adds the bootstrap fields and sends to both workers itself.
   bool direct_pd = false;
@@ -58,6 +60,8 @@ struct bench_result {
   std::uint64_t bytes = 0;          ///< Response body bytes received (all requests).
   std::uint64_t peak_in_flight = 0;  ///< Most requests in flight at once.
   std::vector<float> ttft, itl, tpot, e2e;
+  /// Send time of each successful request, ms after the run started (same order as ttft and e2e).
+  std::vector<float> send;
   /// Event delivery delay: arrival time minus the worker's e2e_latency when it made the event
   /// (includes the request's trip to the worker; compare contenders, not absolute values).
   std::vector<float> lag;

@@ -1,0 +1,1 @@
+"""pdlb-ratio: the seed's prefill:decode ratio experiment, automated (see docs/ratio-experiment.md)."""

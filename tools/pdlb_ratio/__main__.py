@@ -1,0 +1,5 @@
+import sys
+
+from pdlb_ratio.cli import main
+
+sys.exit(main())
