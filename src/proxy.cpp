@@ -431,7 +431,10 @@ net::awaitable<void> load_balancer::handle_workers(exchange& ex, std::string_vie
       for (const auto& w : list) urls.push_back(w["url"]);
       out["urls"] = std::move(urls);
     }
-    co_return co_await respond({http::status::ok, out.dump()});
+    // Named, not a braced temporary: GCC 12 destroys a braced temporary in a co_await operand
+    // twice (a double free that valgrind caught once tests polled GET /workers).
+    a = {http::status::ok, out.dump()};
+    co_return co_await respond(a);
   }
   if (path.starts_with("/workers/")) {
     if (auto bad = allow(http::verb::delete_, "DELETE")) co_return co_await respond(*bad);

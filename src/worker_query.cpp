@@ -2,14 +2,12 @@
 
 #include <boost/asio/co_spawn.hpp>
 #include <boost/asio/deferred.hpp>
-#include <boost/asio/experimental/awaitable_operators.hpp>
 #include <boost/asio/experimental/parallel_group.hpp>
 #include <boost/asio/steady_timer.hpp>
 #include <boost/asio/this_coro.hpp>
 #include <boost/asio/use_awaitable.hpp>
 #include <boost/beast/core/error.hpp>
 
-#include <variant>
 
 namespace pdlb {
 
@@ -51,13 +49,17 @@ net::awaitable<query_result> query_once(worker& w, thread_context& ctx, std::str
 net::awaitable<query_result> query_worker(worker& w, thread_context& ctx, std::string method, std::string path,
                                           std::string_view body, std::optional<std::chrono::milliseconds> limit) {
   if (!limit) co_return co_await query_once(w, ctx, std::move(method), std::move(path), body);
-  using namespace net::experimental::awaitable_operators;
-  // The timer wins only if the query is still running: the query is then cancelled, which closes
-  // its connection (the worker sees the close).
-  net::steady_timer timer(co_await net::this_coro::executor, *limit);
-  auto first = co_await (query_once(w, ctx, std::move(method), std::move(path), body) ||
-                         timer.async_wait(net::use_awaitable));
-  if (first.index() == 0) co_return std::get<0>(std::move(first));
+  // Whichever ends first cancels the other, as pd_request's legs do: a query still running when
+  // the timer fires is cancelled, which closes its connection (the worker sees the close).
+  auto ex = co_await net::this_coro::executor;
+  net::steady_timer timer(ex, *limit);
+  auto [order, qe, qr, tec] =
+      co_await net::experimental::make_parallel_group(
+          net::co_spawn(ex, query_once(w, ctx, std::move(method), std::move(path), body), net::deferred),
+          timer.async_wait(net::deferred))
+          .async_wait([](auto&&...) { return net::cancellation_type::terminal; }, net::use_awaitable);
+  if (qe) std::rethrow_exception(qe);  // cancelled from outside
+  if (order[0] == 0) co_return std::move(qr);
   query_result r;
   r.url = w.url();
   r.error = std::string(w.prefill ? "prefill" : "decode") + " worker " + w.url() + " did not answer within " +
