@@ -7,6 +7,7 @@
 #include <gmock/gmock.h>
 
 #include <csignal>
+#include <cstdio>
 #include <thread>
 
 namespace pdlb::test {
@@ -266,6 +267,10 @@ TEST(UnderLoad, AddingRemovingAndDnsChangesFailNoneOfTwoHundredConcurrentStreams
     report = out.substr(brace == std::string::npos ? 0 : brace + 1);
   }
   auto result = parse_json(report);
+  std::printf("pdlb-bench under membership changes: %s completed, %s failed, %s s; removed worker: %d requests, "
+              "DNS-removed worker: %d\n",
+              result["completed"].dump().c_str(), result["failed"].dump().c_str(), result["duration_s"].dump().c_str(),
+              removed_requests, dns_old_requests);
   EXPECT_EQ(result["failed"], 0) << report;
   EXPECT_GT(result["completed"].get<int>(), 400) << report;
 
