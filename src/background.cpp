@@ -30,6 +30,14 @@ std::vector<worker*> live_workers(const worker_set& set) {
   return out;
 }
 
+// Closes the tasks' idle connections when a task ends. An idle pooled connection keeps its
+// response-timeout timer armed (see lazy_deadline), which would keep the io_context, and so pdlb's
+// shutdown, waiting until it fires.
+struct close_idle_on_exit {
+  thread_context& ctx;
+  ~close_idle_on_exit() { ctx.pools().close_all(); }
+};
+
 // Waits until `until`; false if the wait was cancelled (the task is stopping).
 net::awaitable<bool> wait_until(steady_time until) {
   net::steady_timer timer(co_await net::this_coro::executor, until);
@@ -101,6 +109,7 @@ void background_tasks::stop() {
 
 net::awaitable<void> background_tasks::health_checks() {
   const check_policy policy{cfg_.health_check_failures, cfg_.health_check_passes};
+  close_idle_on_exit guard{ctx_};
   for (;;) {
     const auto round = std::chrono::steady_clock::now();
     const auto set = registry_.snapshot();  // keeps the workers alive for the round
@@ -132,6 +141,7 @@ net::awaitable<void> background_tasks::load_polls() {
   // A load older than the interval is stale anyway; a floor of 1 s spares a busy worker from
   // flapping between its own and no load.
   const auto limit = std::max<std::chrono::milliseconds>(cfg_.load_poll_interval, std::chrono::seconds(1));
+  close_idle_on_exit guard{ctx_};
   for (;;) {
     const auto round = std::chrono::steady_clock::now();
     const auto set = registry_.snapshot();

@@ -94,6 +94,25 @@ TEST(HealthChecks, AWorkerFailingGenerateButPassingChecksStaysEjectedForItsFailT
   EXPECT_EQ(later["state"], "ejected") << later.dump();
 }
 
+TEST(HealthChecks, SigtermEndsPdlbAtOnceWhileChecksAndPollsWaitOnAStoppedWorker) {
+  auto p = sim_worker::start("prefill", fast_sim_args());
+  auto d = sim_worker::start("decode", fast_sim_args());
+  d->process().signal(SIGSTOP);  // connections are accepted by the kernel, nothing answers
+  auto lb_args = prefill_args(*p);
+  lb_args.insert(lb_args.end(), {"--decode", d->url(), "--health-check-interval", "0.1", "--health-check-timeout",
+                                 "30", "--load-source", "worker", "--load-poll-interval", "30"});
+  auto lb = pdlb_process::start(lb_args);
+  // A health check and a load poll are waiting on it (their connections are its only ones).
+  await_entry(lb->port(), d->url(), [](const json& e) { return e.is_object() && e["open_connections"] >= 2; });
+  const auto sent = std::chrono::steady_clock::now();
+  lb->process().signal(SIGTERM);
+  auto code = lb->process().wait_exit(20s);
+  ASSERT_TRUE(code.has_value()) << lb->process().output();
+  EXPECT_EQ(*code, 0) << lb->process().output();
+  EXPECT_LT(std::chrono::steady_clock::now() - sent, 5s) << "shutdown waited for the 30 s check timeout";
+  d->process().signal(SIGCONT);
+}
+
 // --- load source ---------------------------------------------------------------------------------
 
 // Opens `n` streams straight to a decode worker whose KV never comes (a room no prefill serves):
