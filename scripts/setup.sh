@@ -6,10 +6,10 @@ set -euo pipefail
 packages=(
   build-essential cmake ninja-build ccache pkg-config git curl
   libboost1.81-dev nlohmann-json3-dev libcli11-dev libspdlog-dev libfmt-dev
-  libgtest-dev libgmock-dev libsimdjson-dev libmimalloc-dev
+  libgtest-dev libgmock-dev libsimdjson-dev libmimalloc-dev libc-ares-dev
   clang-14 libclang-rt-14-dev
   python3 python3-fastapi python3-uvicorn python3-aiohttp python3-matplotlib
-  nginx wrk procps
+  nginx wrk procps dnsmasq-base
 )
 
 missing=()

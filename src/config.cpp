@@ -8,6 +8,8 @@
 #include <cmath>
 #include <thread>
 
+#include <arpa/inet.h>
+
 namespace pdlb {
 
 namespace {
@@ -115,6 +117,75 @@ bool parse_worker_url(std::string_view text, worker_url& out, std::string& error
   return true;
 }
 
+bool parse_dns_source(std::string_view text, bool prefill, dns_source& out, std::string& error) {
+  const std::string flag = prefill ? "--prefill-dns" : "--decode-dns";
+  const std::string shape = prefill ? "NAME:PORT[:BOOTSTRAP_PORT]" : "NAME:PORT";
+  out = dns_source{};
+  out.prefill = prefill;
+  std::vector<std::string_view> parts;
+  for (std::size_t start = 0;;) {
+    auto colon = text.find(':', start);
+    parts.push_back(text.substr(start, colon == std::string_view::npos ? colon : colon - start));
+    if (colon == std::string_view::npos) break;
+    start = colon + 1;
+  }
+  if (parts.size() < 2 || parts.size() > (prefill ? 3u : 2u) || parts[0].empty()) {
+    error = flag + " '" + std::string(text) + "': expected " + shape;
+    return false;
+  }
+  // A host name: letters, digits, '-', '_' (SRV-style labels) and dots; no scheme, no path.
+  for (char c : parts[0])
+    if (!std::isalnum(static_cast<unsigned char>(c)) && c != '-' && c != '.' && c != '_') {
+      error = flag + " '" + std::string(text) + "': '" + std::string(parts[0]) + "' is not a DNS name";
+      return false;
+    }
+  out.name = std::string(parts[0]);
+  if (!parse_port(parts[1], out.port) || out.port == 0) {
+    error = flag + " '" + std::string(text) + "': bad port '" + std::string(parts[1]) + "'";
+    return false;
+  }
+  if (parts.size() == 3 && lower(parts[2]) != "none") {
+    std::uint16_t bp = 0;
+    if (!parse_port(parts[2], bp) || bp == 0) {
+      error = flag + " '" + std::string(text) + "': bad bootstrap port '" + std::string(parts[2]) + "'";
+      return false;
+    }
+    out.bootstrap_port = bp;
+  }
+  return true;
+}
+
+namespace {
+
+// "ADDRESS[:PORT]" with an IP literal (IPv6 in brackets when a port follows).
+bool valid_dns_server(std::string_view text) {
+  std::string_view addr = text, port;
+  if (!text.empty() && text.front() == '[') {
+    auto close = text.find(']');
+    if (close == std::string_view::npos) return false;
+    addr = text.substr(1, close - 1);
+    auto rest = text.substr(close + 1);
+    if (!rest.empty()) {
+      if (rest.front() != ':') return false;
+      port = rest.substr(1);
+      if (port.empty()) return false;
+    }
+  } else if (std::count(text.begin(), text.end(), ':') == 1) {
+    addr = text.substr(0, text.find(':'));
+    port = text.substr(text.find(':') + 1);
+    if (port.empty()) return false;
+  }
+  std::uint16_t p = 0;
+  if (!port.empty() && (!parse_port(port, p) || p == 0)) return false;
+  unsigned char buf[16];
+  const std::string a(addr);
+  return ::inet_pton(AF_INET, a.c_str(), buf) == 1 || ::inet_pton(AF_INET6, a.c_str(), buf) == 1;
+}
+
+}  // namespace
+
+std::string_view to_string(load_source s) { return s == load_source::worker ? "worker" : "local"; }
+
 std::string_view to_string(policy_kind p) {
   switch (p) {
     case policy_kind::random: return "random";
@@ -203,6 +274,36 @@ cli_result parse_command_line(int argc, const char* const* argv) {
       ->capture_default_str();
   app.add_option("--max-retries", cfg.max_retries,
                  "Extra attempts on another worker pair when an attempt failed before the client got a byte")
+      ->capture_default_str();
+  double hc_interval_s = 0, hc_timeout_s = 5, dns_interval_s = 5, load_poll_s = 1;
+  std::vector<std::string> prefill_dns, decode_dns;
+  std::string load = "local";
+  app.add_option("--health-check-interval", hc_interval_s,
+                 "Seconds between active health checks of every worker (0: no active checks)")
+      ->capture_default_str();
+  app.add_option("--health-check-path", cfg.health_check_path, "Path an active health check GETs")
+      ->capture_default_str();
+  app.add_option("--health-check-timeout", hc_timeout_s, "Seconds a health check may take")
+      ->capture_default_str();
+  app.add_option("--health-check-failures", cfg.health_check_failures,
+                 "Failed health checks in a row that eject a worker")
+      ->capture_default_str();
+  app.add_option("--health-check-passes", cfg.health_check_passes,
+                 "Passing health checks in a row that restore a worker the checks ejected")
+      ->capture_default_str();
+  app.add_option("--prefill-dns", prefill_dns,
+                 "NAME:PORT[:BOOTSTRAP_PORT]: every A/AAAA record of NAME is a prefill worker (repeatable)");
+  app.add_option("--decode-dns", decode_dns, "NAME:PORT: every A/AAAA record of NAME is a decode worker (repeatable)");
+  app.add_option("--dns-interval", dns_interval_s, "Seconds between two resolutions of the --*-dns names")
+      ->capture_default_str();
+  app.add_option("--dns-server", cfg.dns_server,
+                 "ADDRESS[:PORT] of the DNS server to ask (default: the system's resolvers)");
+  app.add_option("--load-source", load,
+                 "What po2 compares: 'local' (requests in flight through this pdlb) or 'worker' (plus each "
+                 "worker's own /get_load)")
+      ->check(CLI::IsMember({"local", "worker"}))
+      ->capture_default_str();
+  app.add_option("--load-poll-interval", load_poll_s, "Seconds between /get_load polls (--load-source worker)")
       ->capture_default_str();
 
   // As argparse does, a scalar option given twice takes its last value.
@@ -306,6 +407,31 @@ cli_result parse_command_line(int argc, const char* const* argv) {
   cfg.client_body_timeout = seconds_to_ms(body_timeout_s);
   cfg.upstream_idle_timeout = seconds_to_ms(idle_timeout_s);
   cfg.shutdown_grace = seconds_to_ms(grace_s);
+  if (!std::isfinite(hc_interval_s) || hc_interval_s < 0)
+    return fail("--health-check-interval must be >= 0 (0 turns active health checks off)");
+  if (!positive(hc_timeout_s)) return fail("--health-check-timeout must be positive");
+  if (cfg.health_check_path.empty() || cfg.health_check_path.front() != '/' ||
+      cfg.health_check_path.find_first_of(" \r\n") != std::string::npos)
+    return fail("--health-check-path must be a path starting with '/' (no spaces)");
+  if (cfg.health_check_failures == 0) return fail("--health-check-failures must be at least 1");
+  if (cfg.health_check_passes == 0) return fail("--health-check-passes must be at least 1");
+  cfg.health_check_interval = seconds_to_ms(hc_interval_s);
+  cfg.health_check_timeout = seconds_to_ms(hc_timeout_s);
+  for (const auto* list : {&prefill_dns, &decode_dns})
+    for (const auto& text : *list) {
+      dns_source src;
+      std::string error;
+      if (!parse_dns_source(text, list == &prefill_dns, src, error)) return fail(error);
+      cfg.dns.push_back(std::move(src));
+    }
+  if (!positive(dns_interval_s)) return fail("--dns-interval must be positive");
+  cfg.dns_interval = seconds_to_ms(dns_interval_s);
+  if (!cfg.dns_server.empty() && !valid_dns_server(cfg.dns_server))
+    return fail("--dns-server '" + cfg.dns_server + "': expected an IP address with an optional port, "
+                "e.g. 10.0.0.2, 10.0.0.2:5353 or [fd00::2]:53");
+  cfg.load = load == "worker" ? load_source::worker : load_source::local;
+  if (!positive(load_poll_s)) return fail("--load-poll-interval must be positive");
+  cfg.load_poll_interval = seconds_to_ms(load_poll_s);
   if (cfg.threads == 0) cfg.threads = std::max(1u, std::thread::hardware_concurrency());
   return result;
 }

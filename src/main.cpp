@@ -87,6 +87,7 @@ int main(int argc, char** argv) {
                server.port(), pdlb::to_string(cfg.policy), server.thread_count());
 
   auto& ioc = server.context(0);
+  lb->start_background(ioc);
   boost::asio::steady_timer log_timer(ioc);
   auto last_log = std::chrono::steady_clock::now();
   std::function<void()> schedule_log = [&] {
@@ -136,6 +137,7 @@ int main(int argc, char** argv) {
                    cfg.shutdown_grace.count(), server.in_flight());
       server.shutdown(cfg.shutdown_grace, [&] {
         log_timer.cancel();
+        lb->stop_background();
         signals.cancel();
         for (std::size_t i = 0; i < server.thread_count(); ++i)
           boost::asio::post(server.context(i), [&, i] {

@@ -5,6 +5,7 @@
 #include "pdlb/rewrite.hpp"
 #include "pdlb/stream_relay.hpp"
 #include "pdlb/upstream.hpp"
+#include "pdlb/worker_query.hpp"
 
 #include <boost/asio/co_spawn.hpp>
 #include <boost/asio/deferred.hpp>
@@ -72,20 +73,6 @@ http::status status_for(const error_code& ec) {
   if (ec == beast::error::timeout) return http::status::gateway_timeout;
   if (ec == upstream_errc::pool_exhausted) return http::status::service_unavailable;
   return http::status::bad_gateway;
-}
-
-std::string_view role_name(const worker& w) { return w.prefill ? "prefill" : "decode"; }
-
-// "<role> worker <url> failed while <phase>: <reason>"
-std::string describe_failure(const worker& w, const upstream_call& call, const error_code& ec) {
-  std::string msg(role_name(w));
-  msg += " worker ";
-  msg += w.host->url().url;
-  msg += " failed while ";
-  msg += upstream_call::phase_name(call.where());
-  msg += ": ";
-  msg += ec == beast::error::timeout ? std::string("timed out") : ec.message();
-  return msg;
 }
 
 failure_kind kind_of(const error_code& ec, upstream_call::phase where) {

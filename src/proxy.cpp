@@ -3,6 +3,7 @@
 #include "pdlb/json_escape.hpp"
 #include "pdlb/pd_request.hpp"
 #include "pdlb/policy.hpp"
+#include "pdlb/worker_query.hpp"
 
 #include <boost/asio/co_spawn.hpp>
 #include <boost/asio/deferred.hpp>
@@ -24,20 +25,7 @@ namespace pdlb {
 
 namespace {
 
-constexpr std::size_t admin_body_limit = 64 * 1024 * 1024;
-
 constexpr auto tuple_awaitable = net::as_tuple(net::use_awaitable);
-
-std::string describe_failure(const worker& w, const upstream_call& call, const error_code& ec) {
-  std::string msg(w.prefill ? "prefill" : "decode");
-  msg += " worker ";
-  msg += w.host->url().url;
-  msg += " failed while ";
-  msg += upstream_call::phase_name(call.where());
-  msg += ": ";
-  msg += ec == beast::error::timeout ? std::string("timed out") : ec.message();
-  return msg;
-}
 
 bool is_2xx(unsigned status) { return status >= 200 && status < 300; }
 
@@ -62,56 +50,7 @@ bool bearer_ok(const request& req, const std::string& key) {
   return constant_time_equal(auth.substr(prefix.size()), key);
 }
 
-struct fan_result {
-  std::string url;
-  unsigned status = 0;
-  std::string body;
-  std::string error;  // transport failure, empty if the worker answered
-};
-
-net::awaitable<fan_result> call_worker(worker& w, thread_context& ctx, std::string method,
-                                       std::string path, std::string_view body) {
-  fan_result r;
-  r.url = w.host->url().url;
-  upstream_call call(*w.host, ctx);
-  if (auto ec = co_await call.start(method, path, body)) {
-    r.error = describe_failure(w, call, ec);
-    co_return r;
-  }
-  if (auto ec = co_await call.read_all(r.body, admin_body_limit)) {
-    r.error = describe_failure(w, call, ec);
-    co_return r;
-  }
-  r.status = call.status();
-  call.release();
-  co_return r;
-}
-
-// Calls every worker in `ws` at once; results in the order of `ws`.
-net::awaitable<std::vector<fan_result>> fan_out(const std::vector<worker*>& ws, thread_context& ctx,
-                                                std::string method, std::string path,
-                                                std::string_view body) {
-  if (ws.empty()) co_return std::vector<fan_result>{};
-  auto ex = co_await net::this_coro::executor;
-  using op_type = decltype(net::co_spawn(ex, call_worker(*ws[0], ctx, method, path, body),
-                                         net::deferred));
-  std::vector<op_type> ops;
-  ops.reserve(ws.size());
-  for (worker* w : ws)
-    ops.push_back(net::co_spawn(ex, call_worker(*w, ctx, method, path, body), net::deferred));
-  auto [order, errors, results] = co_await net::experimental::make_parallel_group(std::move(ops))
-                                      .async_wait(net::experimental::wait_for_all(),
-                                                  net::use_awaitable);
-  for (std::size_t i = 0; i < results.size(); ++i) {
-    if (errors[i]) {
-      // call_worker only throws on cancellation; rethrow so the handler unwinds.
-      std::rethrow_exception(errors[i]);
-    }
-  }
-  co_return std::move(results);
-}
-
-std::string failures_text(const std::vector<fan_result>& results) {
+std::string failures_text(const std::vector<query_result>& results) {
   std::string out;
   for (const auto& r : results) {
     if (r.error.empty() && is_2xx(r.status)) continue;
@@ -141,8 +80,11 @@ nlohmann::json worker_json(const worker& w, steady_time now) {
                       {"ejections", w.ejections.load()},
                       {"open_connections", w.host->open_connections()}};
   if (w.bootstrap_port) j["bootstrap_port"] = *w.bootstrap_port;
-  if (w.state(now) == worker_state::ejected)
+  if (w.failure_ejected(now))
     j["ejected_for_s"] = std::chrono::duration<double>(w.ejected_until() - now).count();
+  // Ejected by the active health checks: until enough checks pass, however long that takes.
+  if (w.check_ejected()) j["health_check_ejected"] = true;
+  j["reported_load"] = w.reported_load.load();  // 0 unless --load-source worker
   return j;
 }
 
@@ -497,7 +439,10 @@ net::awaitable<void> load_balancer::handle_workers(exchange& ex, std::string_vie
       for (const auto& w : list) urls.push_back(w["url"]);
       out["urls"] = std::move(urls);
     }
-    co_return co_await respond({http::status::ok, out.dump()});
+    // Named, not a braced temporary: GCC 12 destroys a braced temporary in a co_await operand
+    // twice (a double free that valgrind caught once tests polled GET /workers).
+    a = {http::status::ok, out.dump()};
+    co_return co_await respond(a);
   }
   if (path.starts_with("/workers/")) {
     if (auto bad = allow(http::verb::delete_, "DELETE")) co_return co_await respond(*bad);
@@ -583,7 +528,7 @@ net::awaitable<void> load_balancer::fan_out_and_answer(exchange& ex, std::string
                                                        http::status failure_status,
                                                        std::string failure_prefix) {
   const auto set = registry_.snapshot();
-  auto results = co_await fan_out(all_workers(*set), ex.context(), std::move(method),
+  auto results = co_await query_workers(all_workers(*set), ex.context(), std::move(method),
                                   std::move(path), body);
   std::string failed = failures_text(results);
   if (!failed.empty()) {
@@ -606,7 +551,7 @@ net::awaitable<void> load_balancer::handle_health_generate(exchange& ex) {
 
 net::awaitable<void> load_balancer::handle_server_info(exchange& ex) {
   const auto set = registry_.snapshot();
-  auto results = co_await fan_out(all_workers(*set), ex.context(), "GET", "/get_server_info", {});
+  auto results = co_await query_workers(all_workers(*set), ex.context(), "GET", "/get_server_info", {});
   std::string failed = failures_text(results);
   nlohmann::json out = {{"prefill", nlohmann::json::array()}, {"decode", nlohmann::json::array()},
                         {"internal_states", nlohmann::json::array()}};
@@ -642,7 +587,7 @@ net::awaitable<void> load_balancer::handle_first_prefill(exchange& ex, std::stri
   }
   std::string errors;
   for (auto& w : set->prefill) {
-    auto r = co_await call_worker(*w, ex.context(), "GET", std::string(path), {});
+    auto r = co_await query_worker(*w, ex.context(), "GET", std::string(path), {});
     if (r.error.empty() && r.status == 200) {
       co_await ex.respond(http::status::ok, r.body);
       co_return;

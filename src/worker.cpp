@@ -37,7 +37,7 @@ steady_time worker::ejected_until() const {
 
 worker_state worker::state(steady_time now) const {
   if (draining.load(std::memory_order_relaxed)) return worker_state::draining;
-  if (ejected_until() > now) return worker_state::ejected;
+  if (check_ejected() || failure_ejected(now)) return worker_state::ejected;
   return worker_state::available;
 }
 
@@ -67,6 +67,24 @@ bool worker::record_failure(failure_kind kind, const health_policy& policy, stea
   fails_in_a_row_.store(0, std::memory_order_relaxed);
   ejections.fetch_add(1, std::memory_order_relaxed);
   return true;
+}
+
+check_change worker::record_check(bool passed, const check_policy& policy) {
+  if (passed) {
+    checks_failed_in_a_row_ = 0;
+    if (!check_ejected()) return check_change::none;
+    if (++checks_passed_in_a_row_ < policy.passes) return check_change::none;
+    checks_passed_in_a_row_ = 0;
+    check_ejected_.store(false, std::memory_order_relaxed);
+    return check_change::restored;
+  }
+  checks_passed_in_a_row_ = 0;
+  if (check_ejected()) return check_change::none;
+  if (++checks_failed_in_a_row_ < policy.failures) return check_change::none;
+  checks_failed_in_a_row_ = 0;
+  check_ejected_.store(true, std::memory_order_relaxed);
+  ejections.fetch_add(1, std::memory_order_relaxed);
+  return check_change::ejected;
 }
 
 worker_registry::worker_registry(upstream_options opts, std::size_t per_host_limit, std::size_t global_limit)
@@ -158,7 +176,7 @@ std::shared_ptr<worker> choose(const std::vector<std::shared_ptr<worker>>& pool,
       if (ok(*w) && k-- == 0) return w;
     return pool.front();  // not reached: k < n
   };
-  auto load = [&](std::size_t i) { return nth(i)->in_flight.load(std::memory_order_relaxed); };
+  auto load = [&](std::size_t i) { return nth(i)->load(); };
   return nth(pick_worker(policy, n, load, rng, rr));
 }
 

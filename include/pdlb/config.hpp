@@ -26,6 +26,20 @@ bool parse_worker_url(std::string_view text, worker_url& out, std::string& error
 
 enum class policy_kind { random, po2, round_robin };
 
+/// Where po2 takes a worker's load from (--load-source).
+enum class load_source { local, worker };
+
+/// A DNS name whose A/AAAA records are workers (--prefill-dns / --decode-dns NAME:PORT[:BOOTSTRAP]).
+struct dns_source {
+  bool prefill = false;    ///< The records are prefill workers (else decode workers).
+  std::string name;        ///< The name to resolve.
+  std::uint16_t port = 0;  ///< Each record's worker is http://ADDRESS:port.
+  std::optional<std::uint16_t> bootstrap_port;  ///< Prefill only; nullopt: sent as null.
+};
+
+/// Parses --prefill-dns / --decode-dns values. False with `error` set if `text` is not usable.
+bool parse_dns_source(std::string_view text, bool prefill, dns_source& out, std::string& error);
+
 struct prefill_config {
   worker_url url;
   std::optional<std::uint16_t> bootstrap_port;  ///< nullopt: bootstrap_port is sent as null.
@@ -55,6 +69,16 @@ struct config {
   unsigned max_fails = 3;     ///< Failures in a row that eject a worker; 0: no passive ejection.
   std::chrono::milliseconds fail_timeout{std::chrono::seconds(10)};  ///< First ejection's length.
   unsigned max_retries = 2;   ///< Extra attempts on another pair when nothing reached the client.
+  std::chrono::milliseconds health_check_interval{0};  ///< Between active health checks; 0: off.
+  std::string health_check_path = "/health";           ///< What an active health check GETs.
+  std::chrono::milliseconds health_check_timeout{std::chrono::seconds(5)};  ///< Longest wait for a check.
+  unsigned health_check_failures = 3;  ///< Failed checks in a row that eject a worker.
+  unsigned health_check_passes = 2;    ///< Passing checks in a row that restore a worker they ejected.
+  std::vector<dns_source> dns;         ///< Names resolved for workers (--prefill-dns, --decode-dns).
+  std::chrono::milliseconds dns_interval{std::chrono::seconds(5)};  ///< Between two resolutions.
+  std::string dns_server;  ///< "ADDRESS[:PORT]" to ask instead of the system's resolvers; "" for those.
+  load_source load = load_source::local;  ///< What po2 compares.
+  std::chrono::milliseconds load_poll_interval{std::chrono::seconds(1)};  ///< Between /get_load polls.
 };
 
 /// Result of parsing the command line.
@@ -69,5 +93,6 @@ struct cli_result {
 cli_result parse_command_line(int argc, const char* const* argv);
 
 std::string_view to_string(policy_kind p);
+std::string_view to_string(load_source s);
 
 }  // namespace pdlb

@@ -1,6 +1,7 @@
 // The load balancer proper: routes, the prefill/decode fan-out, admin routes, counters.
 #pragma once
 
+#include "pdlb/background.hpp"
 #include "pdlb/config.hpp"
 #include "pdlb/http_server.hpp"
 #include "pdlb/worker.hpp"
@@ -31,6 +32,11 @@ class load_balancer {
 
   /// One status line for the periodic log: rates since the previous call, in-flight counts.
   std::string status_line(double seconds_since_last);
+  /// Starts the background tasks the configuration asks for (active health checks, /get_load
+  /// polls, DNS discovery), the coroutines on `ioc` (thread 0's context). Once only.
+  void start_background(net::io_context& ioc);
+  /// Stops them (from any thread, without waiting): `ioc` then runs out of their work.
+  void stop_background();
   /// Housekeeping, now and then: drained workers leave the list.
   void sweep() { registry_.sweep(); }
 
@@ -72,6 +78,7 @@ class load_balancer {
   lb_counters counters_;
   std::uint64_t last_requests_ = 0;
   std::uint64_t last_errors_ = 0;
+  std::unique_ptr<background_tasks> background_;  // after registry_: destroyed before it
 };
 
 }  // namespace pdlb

@@ -6,6 +6,13 @@
 // doubled for each ejection in a row up to 300 s, as Envoy's outlier detection does. When the time
 // is up the worker takes requests again on probation: its next success restores it, its next
 // failure ejects it again for twice as long.
+//
+// Active health checks (off by default) keep a second, separate verdict: `failures` failed checks
+// in a row eject a worker until `passes` checks in a row pass, however long that takes. A worker
+// takes requests only when neither verdict holds it. Neither ends the other: a passing /health
+// does not prove that generate requests work (a worker can answer 503 to those and 200 to
+// /health), and a served request does not prove that the checks pass. Both leave a worker usable
+// in panic mode (see pick_worker_for).
 #pragma once
 
 #include "pdlb/config.hpp"
@@ -41,6 +48,15 @@ enum class failure_kind {
 };
 std::string_view to_string(failure_kind k);
 
+/// Active health check settings (--health-check-failures, --health-check-passes).
+struct check_policy {
+  unsigned failures = 3;  ///< Failed checks in a row that eject.
+  unsigned passes = 2;    ///< Passing checks in a row that restore a worker the checks ejected.
+};
+
+/// What a health check's result did to a worker.
+enum class check_change { none, ejected, restored };
+
 /// Ejection settings (--max-fails, --fail-timeout).
 struct health_policy {
   unsigned max_fails = 3;  ///< Failures in a row that eject; 0 turns passive ejection off.
@@ -66,6 +82,14 @@ struct worker {
   std::atomic<std::uint64_t> failures{0};   ///< Requests it failed (any kind).
   std::atomic<std::uint64_t> ejections{0};  ///< Times it was ejected.
   std::atomic<bool> draining{false};        ///< Leaving: no new requests; gone once idle.
+  /// Requests the worker itself reports (/get_load, --load-source worker); 0 when not polled or
+  /// when it did not answer the last poll.
+  std::atomic<std::int64_t> reported_load{0};
+
+  /// What po2 compares: requests in flight through this pdlb plus what the worker reports.
+  std::int64_t load() const {
+    return in_flight.load(std::memory_order_relaxed) + reported_load.load(std::memory_order_relaxed);
+  }
 
   /// Its state at `now`.
   worker_state state(steady_time now) const;
@@ -79,10 +103,20 @@ struct worker {
   /// A request it failed. Returns true if this failure ejected it.
   bool record_failure(failure_kind kind, const health_policy& policy, steady_time now);
 
+  /// An active health check's result. Called by one task only (the health checker).
+  check_change record_check(bool passed, const check_policy& policy);
+  /// True while the active health checks hold it ejected.
+  bool check_ejected() const { return check_ejected_.load(std::memory_order_relaxed); }
+  /// True while a --fail-timeout ejection (passive detection) holds it.
+  bool failure_ejected(steady_time now) const { return ejected_until() > now; }
+
  private:
   std::atomic<std::uint32_t> fails_in_a_row_{0};
   std::atomic<std::uint32_t> ejections_in_a_row_{0};  // reset by a success
   std::atomic<std::int64_t> ejected_until_{0};         // steady_clock ticks
+  std::atomic<bool> check_ejected_{false};
+  unsigned checks_failed_in_a_row_ = 0;  // the health checker's own: one task touches them
+  unsigned checks_passed_in_a_row_ = 0;
 };
 
 /// The workers at one moment. Immutable once published: a change publishes a new set.

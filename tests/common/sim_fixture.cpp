@@ -27,15 +27,29 @@ std::unique_ptr<sim_worker> sim_worker::start(std::string role,
     throw std::runtime_error("pdlb-sim --role " + role +
                              " did not become ready; output:\n" + w->process_->output());
   }
+  // Tests bind workers to loopback addresses only (127.0.0.0/8): any other is not theirs to reach.
+  if ((*m)[2].rfind("127.", 0) == 0) w->host_ = (*m)[2];
   w->port_ = static_cast<std::uint16_t>(std::stoul((*m)[3]));
   w->bootstrap_port_ = static_cast<std::uint16_t>(std::stoul((*m)[4]));
   return w;
 }
 
-std::string sim_worker::url() const { return "http://127.0.0.1:" + std::to_string(port_); }
+std::string sim_worker::url() const { return "http://" + host_ + ":" + std::to_string(port_); }
+
+http_response sim_worker::request(const std::string& method, const std::string& target, const std::string& body,
+                                  std::chrono::milliseconds timeout) {
+  try {
+    http_connection c(port_, host_, timeout);
+    return c.request(method, target, body);
+  } catch (const std::exception& e) {
+    http_response r;
+    r.error = e.what();
+    return r;
+  }
+}
 
 nlohmann::json sim_worker::stats() {
-  auto r = http_request(port_, "GET", "/sim/stats");
+  auto r = request("GET", "/sim/stats");
   if (r.status != 200)
     throw std::runtime_error("GET /sim/stats failed: " + std::to_string(r.status) + " " + r.error);
   return nlohmann::json::parse(r.body);
@@ -46,7 +60,7 @@ std::optional<nlohmann::json> sim_worker::try_wait(const std::string& query,
   std::string target = "/sim/wait?" + query;
   if (!query.empty()) target += "&";
   target += "timeout_ms=" + std::to_string(timeout.count());
-  auto r = http_request(port_, "GET", target, {}, {}, timeout + std::chrono::seconds(10));
+  auto r = request("GET", target, {}, timeout + std::chrono::seconds(10));
   if (r.status == 200) return nlohmann::json::parse(r.body);
   if (r.status == 408) return std::nullopt;
   throw std::runtime_error("GET " + target + " failed: " + std::to_string(r.status) + " " +
@@ -63,14 +77,14 @@ nlohmann::json sim_worker::wait(const std::string& query, std::chrono::milliseco
 }
 
 void sim_worker::fault(const nlohmann::json& faults) {
-  auto r = http_request(port_, "POST", "/sim/fault", faults.dump());
+  auto r = request("POST", "/sim/fault", faults.dump());
   if (r.status != 200)
     throw std::runtime_error("POST /sim/fault failed: " + std::to_string(r.status) + " " + r.body);
 }
 
 void sim_worker::slow_down(std::optional<double> seconds) {
   nlohmann::json body{{"forward_sleep_time", seconds ? nlohmann::json(*seconds) : nullptr}};
-  auto r = http_request(port_, "POST", "/slow_down", body.dump());
+  auto r = request("POST", "/slow_down", body.dump());
   if (r.status != 200)
     throw std::runtime_error("POST /slow_down failed: " + std::to_string(r.status) + " " + r.body);
 }

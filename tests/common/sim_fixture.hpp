@@ -5,6 +5,7 @@
 // `extra_args` may override anything the fixture passes.
 #pragma once
 
+#include "common/http_client.hpp"
 #include "common/process.hpp"
 
 #include <nlohmann/json.hpp>
@@ -29,7 +30,9 @@ class sim_worker {
   std::uint16_t port() const { return port_; }
   /// The bootstrap (KV handshake) port; 0 for a decode worker.
   std::uint16_t bootstrap_port() const { return bootstrap_port_; }
-  /// "http://127.0.0.1:PORT".
+  /// The address it listens on (127.0.0.1 unless `--host` was given).
+  const std::string& host() const { return host_; }
+  /// "http://HOST:PORT".
   std::string url() const;
   /// "prefill" or "decode".
   const std::string& role() const { return role_; }
@@ -43,7 +46,7 @@ class sim_worker {
                       std::chrono::milliseconds timeout = std::chrono::seconds(10));
   /// Like wait(), but reports a timeout as nullopt instead of a failure.
   std::optional<nlohmann::json> try_wait(const std::string& query,
-                                         std::chrono::milliseconds timeout);
+                                 std::chrono::milliseconds timeout);
   /// POST /sim/fault with this JSON ({} clears every fault); throws if refused.
   void fault(const nlohmann::json& faults);
   /// POST /slow_down {"forward_sleep_time": seconds} (nullopt clears it).
@@ -55,7 +58,12 @@ class sim_worker {
  private:
   sim_worker() = default;
 
+  /// A request to this worker's own address.
+  http_response request(const std::string& method, const std::string& target, const std::string& body = {},
+                       std::chrono::milliseconds timeout = std::chrono::seconds(30));
+
   std::string role_;
+  std::string host_ = "127.0.0.1";
   std::uint16_t port_ = 0;
   std::uint16_t bootstrap_port_ = 0;
   std::unique_ptr<child_process> process_;
