@@ -6,6 +6,7 @@
 #include <spdlog/spdlog.h>
 
 #include <csignal>
+#include <exception>
 #include <iostream>
 #include <string>
 #include <vector>
@@ -24,7 +25,7 @@ int main(int argc, char** argv) {
   pdlb::service svc(std::move(cli.cfg), [args] { return pdlb::parse_command_line(args); });
   try {
     svc.start();
-  } catch (const std::system_error& e) {
+  } catch (const std::exception& e) {
     spdlog::critical("{}", e.what());
     return 1;
   }

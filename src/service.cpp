@@ -12,6 +12,7 @@
 #include <cstdlib>
 #include <future>
 #include <latch>
+#include <stdexcept>
 
 namespace pdlb {
 
@@ -109,8 +110,8 @@ void service::start() {
   raise_fd_limit();
   try {
     server_->listen();
-  } catch (const std::system_error& e) {
-    throw std::system_error(e.code(), "cannot listen on " + cfg_.host + ":" + std::to_string(cfg_.port));
+  } catch (const std::exception& e) {  // Asio throws boost::system::system_error, not std's
+    throw std::runtime_error("cannot listen on " + cfg_.host + ":" + std::to_string(cfg_.port) + ": " + e.what());
   }
   for (const auto& p : cfg_.prefill)
     spdlog::info("prefill worker {} (bootstrap port {})", p.url.url,
@@ -236,7 +237,7 @@ void service::stop() {
 void service::begin_drain() {
   if (stopping_) return;
   stopping_ = true;
-  status_timer_->cancel();
+  if (status_timer_) status_timer_->cancel();
   notifier_.notify("STOPPING=1\nSTATUS=" + status_text());
   spdlog::info("no longer accepting; waiting up to {} ms for {} request(s) in flight", cfg_.shutdown_grace.count(),
                server_->in_flight());
@@ -245,10 +246,10 @@ void service::begin_drain() {
 
 void service::finish_drain() {
   if (watchdog_timer_) watchdog_timer_->cancel();
-  signals_->cancel();
+  if (signals_) signals_->cancel();
   for (std::size_t i = 0; i < server_->thread_count(); ++i)
     net::post(server_->context(i), [this, i] {
-      prune_timers_[i]->cancel();
+      if (i < prune_timers_.size()) prune_timers_[i]->cancel();
       lb_->close_idle(i);
     });
   server_->release();
@@ -314,7 +315,7 @@ reload_report service::apply(const config& next) {
   cfg_.log_format = next.log_format;
   cfg_.log_interval = next.log_interval;
   cfg_.shutdown_grace = next.shutdown_grace;
-  if (restart_status_log) {
+  if (restart_status_log && status_timer_) {
     status_timer_->cancel();
     schedule_status_log();
   }

@@ -47,7 +47,7 @@ class service {
 
   /// Raises the file descriptor limit, listens, starts the timers and the signal handlers
   /// (SIGTERM/SIGINT drain, a second one exits at once, SIGHUP reloads) and announces readiness.
-  /// Throws std::system_error if it cannot listen.
+  /// Throws std::runtime_error ("cannot listen on HOST:PORT: ...") if it cannot listen.
   void start();
   /// Runs the I/O threads (the calling thread is thread 0) until a drain has finished; returns the
   /// process exit code (0).
