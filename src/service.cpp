@@ -344,8 +344,12 @@ void service::with_io_threads_parked(const std::function<void()>& fn) {
       r->go.wait();
     });
   r->parked.wait();
+  // The threads are let go even if fn throws.
+  struct let_go {
+    rendezvous& r;
+    ~let_go() { r.resume.set_value(); }
+  } guard{*r};
   fn();
-  r->resume.set_value();
 }
 
 }  // namespace pdlb
