@@ -27,6 +27,10 @@ run_suite() {
 }
 
 configure_and_build build -DCMAKE_BUILD_TYPE=Release
+# ctest does not print why a test skipped: say it once for the minilb comparison (and the bench).
+if [ -z "${PDLB_MINILB:-}" ] && [ ! -e ../shared/anchors/minilb/run-minilb ]; then
+  echo "minilb comparison: skipped (set PDLB_MINILB to the seed's run-minilb, or put shared/ beside this checkout)"
+fi
 run_suite build
 
 if [ "$mode" = quick ]; then
