@@ -21,7 +21,10 @@ import time
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
-MINILB = os.path.normpath(os.path.join(ROOT, "..", "shared", "anchors", "minilb", "run-minilb"))
+# The seed's minilb, to compare with: $PDLB_MINILB, or ../shared/anchors/minilb beside the checkout.
+# Without it the minilb column is left out (a clone on its own has no ../shared).
+MINILB = os.environ.get("PDLB_MINILB") or os.path.normpath(
+    os.path.join(ROOT, "..", "shared", "anchors", "minilb", "run-minilb"))
 
 # Throughput workloads: wrk against stub workers. "pair" names the stub prefill/decode servers.
 THROUGHPUT = [
@@ -579,6 +582,11 @@ class Bench:
                          f"{min(r.get('peak_in_flight', 0) for r in s)}, VmHWM {hwm:.0f} MB",
                          "-", "-", "all whole; RSS <= 150 MB",
                          "yes" if whole == a.streams and hwm <= 150 else "no"])
+        if "minilb" not in a.contenders:
+            # Without minilb (not found, or not asked for) its two columns would only hold dashes.
+            drop = {cols.index("minilb"), cols.index("pdlb / minilb")}
+            cols = [c for i, c in enumerate(cols) if i not in drop]
+            rows = [[c for i, c in enumerate(r) if i not in drop] for r in rows]
         out = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
         out += ["| " + " | ".join(str(c) for c in r) + " |" for r in rows]
         return "\n".join(out)
@@ -635,6 +643,9 @@ def main():
     a.contenders = [c for c in a.contenders.split(",") if c]
     if a.baseline and "pdlb-base" not in a.contenders:
         a.contenders.append("pdlb-base")
+    if "minilb" in a.contenders and not os.access(MINILB, os.X_OK):
+        log(f"minilb left out: {MINILB} not found (set PDLB_MINILB to the seed's run-minilb to compare with it)")
+        a.contenders.remove("minilb")
     names = a.only.split(",") if a.only else ALL_NAMES
     unknown = [n for n in names if n not in ALL_NAMES]
     if unknown:

@@ -10,6 +10,7 @@ packages=(
   clang-14 libclang-rt-14-dev
   python3 python3-fastapi python3-uvicorn python3-aiohttp python3-matplotlib
   nginx wrk procps dnsmasq-base
+  libtomlplusplus-dev help2man systemd dpkg-dev file
 )
 
 missing=()

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Installs what is missing, builds, and runs every test.
-#   scripts/test.sh          the whole suite: Release, then ASan+UBSan, then TSan, then a fuzz smoke
+#   scripts/test.sh          the whole suite: Release, bench smoke, the .deb (as root), then ASan+UBSan,
+#                            then TSan, then a fuzz smoke
 #   scripts/test.sh quick    the Release suite only (for development)
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -26,6 +27,10 @@ run_suite() {
 }
 
 configure_and_build build -DCMAKE_BUILD_TYPE=Release
+# ctest does not print why a test skipped: say it once for the minilb comparison (and the bench).
+if [ -z "${PDLB_MINILB:-}" ] && [ ! -e ../shared/anchors/minilb/run-minilb ]; then
+  echo "minilb comparison: skipped (set PDLB_MINILB to the seed's run-minilb, or put shared/ beside this checkout)"
+fi
 run_suite build
 
 if [ "$mode" = quick ]; then
@@ -34,6 +39,14 @@ fi
 
 echo "=== benchmark smoke (correctness of every contender, no performance assertion)"
 PDLB_BUILD_DIR=build ./bench/smoke.sh
+
+echo "=== package: build the .deb, install it, check it, remove it"
+if [ "$(id -u)" -ne 0 ]; then
+  echo "package test: skipped (installing a .deb needs root; CI runs as root)"
+else
+  ./scripts/package.sh
+  ./scripts/package_test.sh
+fi
 
 targets=$sanitizer_targets configure_and_build build-asan "${sanitizer_flags[@]}" -DPDLB_SANITIZE=address,undefined
 # Sanitized processes are several times slower: one test at a time keeps timing-bound tests honest.

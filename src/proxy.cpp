@@ -681,7 +681,7 @@ net::awaitable<void> load_balancer::handle_slow_down(exchange& ex) {
     co_return co_await fail(http::status::service_unavailable, "no " + role + " worker configured");
 
   std::string forward = nlohmann::json{{"forward_sleep_time", sleep}}.dump();
-  auto results = co_await fan_out(targets, ex.context(), "POST", "/slow_down", forward);
+  auto results = co_await query_workers(targets, ex.context(), "POST", "/slow_down", forward);
   std::string failed = failures_text(results);
   if (!failed.empty())
     co_return co_await fail(http::status::bad_gateway, "slow_down failed on: " + failed);

@@ -1,5 +1,5 @@
-// Command-line configuration: minilb's flags (launch_lb.py), the SGLang router's
-// `--prefill URL [BOOTSTRAP_PORT|none]` form, and pdlb's own production options.
+// Configuration: minilb's flags (launch_lb.py), the SGLang router's `--prefill URL [BOOTSTRAP_PORT|none]`
+// form, pdlb's own production options, and the same options from a TOML file (`--config FILE`).
 #pragma once
 
 #include <chrono>
@@ -64,6 +64,8 @@ struct config {
   std::chrono::milliseconds upstream_idle_timeout{std::chrono::seconds(4)};
   std::chrono::milliseconds shutdown_grace{std::chrono::seconds(30)};
   std::string log_level = "info";
+  std::string log_format = "text";  ///< "text" (spdlog's pattern) or "json" (one object per line).
+  std::string config_file;  ///< --config: the TOML file read at start and again on SIGHUP; "" if none.
   std::string api_key;        ///< Bearer key for inference routes; empty: off.
   std::string admin_api_key;  ///< Bearer key for admin routes; empty: off.
   unsigned max_fails = 3;     ///< Failures in a row that eject a worker; 0: no passive ejection.
@@ -89,8 +91,12 @@ struct cli_result {
   config cfg;
 };
 
-/// Parses argv. Never throws; errors come back as action::exit with exit_code 2 and a message.
+/// Parses argv and, with `--config FILE`, that TOML file (options by long name, `[[prefill]]` and
+/// `[[decode]]` tables; the command line and the environment win over the file). Never throws; errors
+/// come back as action::exit with exit_code 2 and a message (for the file: its name, line and key).
 cli_result parse_command_line(int argc, const char* const* argv);
+/// The same, for arguments kept as strings (argv[0] first), e.g. to parse again on a reload.
+cli_result parse_command_line(const std::vector<std::string>& args);
 
 std::string_view to_string(policy_kind p);
 std::string_view to_string(load_source s);

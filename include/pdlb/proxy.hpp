@@ -22,6 +22,12 @@ struct lb_counters {
   std::atomic<std::uint64_t> retries{0};    ///< Attempts run again on another pair.
 };
 
+/// What load_balancer::reconfigure took, and what only a restart can change.
+struct reconfigure_result {
+  std::vector<std::string> applied;        ///< Settings (long option names) now in force.
+  std::vector<std::string> needs_restart;  ///< Settings that changed but were left as they are.
+};
+
 class load_balancer {
  public:
   explicit load_balancer(const config& cfg);
@@ -29,6 +35,11 @@ class load_balancer {
 
   /// The server's request handler.
   net::awaitable<void> handle(exchange& ex);
+
+  /// Applies `next` to requests that start from now on; requests in flight keep what they took.
+  /// Call it only while no other thread runs this load balancer (service parks its I/O threads).
+  /// Defined in src/reconfigure.cpp.
+  reconfigure_result reconfigure(const config& next);
 
   /// One status line for the periodic log: rates since the previous call, in-flight counts.
   std::string status_line(double seconds_since_last);

@@ -62,6 +62,7 @@
 #include "pdlb/config.hpp"
 #include "pdlb/http_server.hpp"
 #include "pdlb/proxy.hpp"
+#include "pdlb/service.hpp"
 
 #include "http_session_fakes.hpp"
 
@@ -122,14 +123,12 @@ pdlb_instance make_pdlb(const harness& h, bool keyed) {
     cfg.admin_api_key = "fuzz-admin";
   }
 
-  pdlb::server_options so;
-  so.threads = 1;
+  // pdlb's own wiring (pdlb::service uses the same), with the small limits above. The service
+  // itself is not used: it listens and runs its threads, where this target drives one io_context
+  // by hand on a socketpair.
+  pdlb::server_options so = pdlb::server_options_for(cfg);
   so.header_limit = header_limit;
   so.body_limit = body_limit;
-  so.header_timeout = cfg.client_header_timeout;
-  so.body_idle_timeout = cfg.client_body_timeout;
-  so.write_timeout = cfg.timeout;
-  so.name = "pdlb";
 
   pdlb_instance out;
   out.lb = std::make_unique<pdlb::load_balancer>(cfg);

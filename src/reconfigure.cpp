@@ -1,0 +1,77 @@
+// load_balancer::reconfigure: the load balancer's part of a live reload (SIGHUP).
+//
+// The service calls it while every other I/O thread is parked, so writing cfg_ here races with
+// nothing; what a request reads from cfg_ it reads when it needs it (a key when the request starts,
+// the policy when a pair is picked), so requests in flight are not disturbed.
+#include "pdlb/proxy.hpp"
+
+#include <algorithm>
+
+namespace pdlb {
+
+reconfigure_result load_balancer::reconfigure(const config& next) {
+  reconfigure_result r;
+  auto live = [&](bool changed, const char* name) {
+    if (changed) r.applied.emplace_back(name);
+  };
+  // Not yet live: timeouts and connector limits are copied into each upstream_host and the shared
+  // conn_limiter when they are built.
+  auto restart = [&](bool changed, const char* name) {
+    if (changed) r.needs_restart.emplace_back(name);
+  };
+  live(next.policy != cfg_.policy, "policy");
+  live(next.api_key != cfg_.api_key, "api-key");
+  live(next.admin_api_key != cfg_.admin_api_key, "admin-api-key");
+  cfg_.policy = next.policy;
+  cfg_.api_key = next.api_key;
+  cfg_.admin_api_key = next.admin_api_key;
+
+  live(next.max_retries != cfg_.max_retries, "max-retries");
+  cfg_.max_retries = next.max_retries;
+  live(next.max_fails != cfg_.max_fails || next.fail_timeout != cfg_.fail_timeout, "max-fails/fail-timeout");
+  cfg_.max_fails = next.max_fails;
+  cfg_.fail_timeout = next.fail_timeout;
+  health_.max_fails = next.max_fails;
+  health_.fail_timeout = next.fail_timeout;
+
+  // The file's workers, through the registry: new ones join, removed ones drain (their requests in
+  // flight finish). Workers added by the API or by DNS discovery are not the file's to remove.
+  auto sync = [&](worker_role role, const std::vector<std::pair<worker_url, std::optional<std::uint16_t>>>& before,
+                  const std::vector<std::pair<worker_url, std::optional<std::uint16_t>>>& after, const char* name) {
+    bool changed = false;
+    for (const auto& [url, port] : before) {
+      bool kept = std::any_of(after.begin(), after.end(),
+                              [&](const auto& n) { return n.first.url == url.url && n.second == port; });
+      if (!kept && registry_.drain(url.url)) changed = true;
+    }
+    for (const auto& [url, port] : after) {
+      bool had = std::any_of(before.begin(), before.end(),
+                             [&](const auto& o) { return o.first.url == url.url && o.second == port; });
+      std::string error;
+      if (!had && registry_.add(role, url, port, error)) changed = true;
+    }
+    live(changed, name);
+  };
+  auto prefill_list = [](const std::vector<prefill_config>& v) {
+    std::vector<std::pair<worker_url, std::optional<std::uint16_t>>> out;
+    for (const auto& p : v) out.emplace_back(p.url, p.bootstrap_port);
+    return out;
+  };
+  auto decode_list = [](const std::vector<worker_url>& v) {
+    std::vector<std::pair<worker_url, std::optional<std::uint16_t>>> out;
+    for (const auto& d : v) out.emplace_back(d, std::nullopt);
+    return out;
+  };
+  sync(worker_role::prefill, prefill_list(cfg_.prefill), prefill_list(next.prefill), "prefill");
+  sync(worker_role::decode, decode_list(cfg_.decode), decode_list(next.decode), "decode");
+  cfg_.prefill = next.prefill;
+  cfg_.decode = next.decode;
+  restart(next.timeout != cfg_.timeout, "timeout");
+  restart(next.connect_timeout != cfg_.connect_timeout, "connect-timeout");
+  restart(next.upstream_idle_timeout != cfg_.upstream_idle_timeout, "upstream-idle-timeout");
+  restart(next.connector_limit != cfg_.connector_limit, "connector-limit");
+  restart(next.connector_limit_per_host != cfg_.connector_limit_per_host, "connector-limit-per-host");
+  return r;
+}
+
+}  // namespace pdlb
