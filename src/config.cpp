@@ -188,6 +188,8 @@ cli_result parse_command_line(int argc, const char* const* argv) {
   app.add_option("--log-level", cfg.log_level, "trace, debug, info, warn, error")
       ->check(CLI::IsMember({"trace", "debug", "info", "warn", "error", "critical", "off"}))
       ->capture_default_str();
+  app.add_option("--ready-file", cfg.ready_file,
+                 "Once listening, write {\"host\": ..., \"port\": N} to this file (atomically)");
   app.add_option("--api-key", cfg.api_key,
                  "Require 'Authorization: Bearer KEY' on inference routes (also env PDLB_API_KEY)")
       ->envname("PDLB_API_KEY");

@@ -2,6 +2,7 @@
 #include "pdlb/config.hpp"
 #include "pdlb/http_server.hpp"
 #include "pdlb/proxy.hpp"
+#include "pdlb/ready_file.hpp"
 
 #include <boost/asio/post.hpp>
 #include <boost/asio/signal_set.hpp>
@@ -81,9 +82,6 @@ int main(int argc, char** argv) {
     spdlog::info("prefill worker {} (bootstrap port {})", p.url.url,
                  p.bootstrap_port ? std::to_string(*p.bootstrap_port) : "none");
   for (const auto& d : cfg.decode) spdlog::info("decode worker {}", d.url);
-  std::string shown_host = cfg.host.find(':') != std::string::npos ? "[" + cfg.host + "]" : cfg.host;
-  spdlog::info("pdlb {} listening on http://{}:{} (policy {}, {} thread(s))", PDLB_VERSION, shown_host,
-               server.port(), pdlb::to_string(cfg.policy), server.thread_count());
 
   auto& ioc = server.context(0);
   boost::asio::steady_timer log_timer(ioc);
@@ -147,6 +145,19 @@ int main(int argc, char** argv) {
     });
   };
   wait_signal();
+
+  // Ready only now that a SIGTERM would be handled: the ready file, then the listening line.
+  if (!cfg.ready_file.empty()) {
+    try {
+      pdlb::write_ready_file(cfg.ready_file, {cfg.host, server.port(), std::nullopt});
+    } catch (const std::exception& e) {
+      spdlog::critical("{}", e.what());
+      return 1;
+    }
+  }
+  std::string shown_host = cfg.host.find(':') != std::string::npos ? "[" + cfg.host + "]" : cfg.host;
+  spdlog::info("pdlb {} listening on http://{}:{} (policy {}, {} thread(s))", PDLB_VERSION, shown_host,
+               server.port(), pdlb::to_string(cfg.policy), server.thread_count());
 
   server.run();
   lb.reset();

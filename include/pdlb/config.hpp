@@ -52,6 +52,7 @@ struct config {
   std::string log_level = "info";
   std::string api_key;        ///< Bearer key for inference routes; empty: off.
   std::string admin_api_key;  ///< Bearer key for admin routes; empty: off.
+  std::string ready_file;     ///< Where to write {"host","port"} once listening; empty: off.
 };
 
 /// Result of parsing the command line.
