@@ -22,7 +22,7 @@ import sys
 import tempfile
 import time
 
-from run import Processes, start_nginx_relay, wait_log  # bench/run.py, beside this script
+from run import Processes, start_nginx_relay  # bench/run.py, beside this script
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
@@ -57,21 +57,20 @@ def main():
     start = procs.start
 
     try:
-        pre = start("prefill", [a.sim, "--role", "prefill", "--port", "0", "--bootstrap-port", "0",
-                                "--log-level", "warn"])
-        m = wait_log(pre.log_path, r"ready role=prefill http=127\.0\.0\.1:(\d+) bootstrap=(\d+)", pre)
-        pre_port, boot = int(m.group(1)), int(m.group(2))
-        dec = start("decode", [a.sim, "--role", "decode", "--port", "0", "--step-base-ms", str(a.step_ms),
-                               "--step-per-req-ms", "0", "--max-running-requests", "16384",
-                               "--log-level", "warn"] + (["--stamp-events"] if a.stamp else []))
-        dec_port = int(wait_log(dec.log_path, r"ready role=decode http=127\.0\.0\.1:(\d+)", dec).group(1))
+        pre = procs.start_ready("prefill", [a.sim, "--role", "prefill", "--port", "0", "--bootstrap-port", "0",
+                                            "--log-level", "warn"])
+        pre_port, boot = pre.port, pre.bootstrap
+        dec = procs.start_ready("decode", [a.sim, "--role", "decode", "--port", "0", "--step-base-ms", str(a.step_ms),
+                                           "--step-per-req-ms", "0", "--max-running-requests", "16384",
+                                           "--log-level", "warn"] + (["--stamp-events"] if a.stamp else []))
+        dec_port = dec.port
         watched = {"prefill": pre, "decode": dec}
         pre_url, dec_url = f"http://127.0.0.1:{pre_port}", f"http://127.0.0.1:{dec_port}"
         if a.via == "pdlb":
-            lb = start("pdlb", [a.pdlb, "--host", "127.0.0.1", "--port", "0", "--prefill", pre_url,
-                                "--prefill-bootstrap-ports", str(boot), "--decode", dec_url,
-                                "--log-interval", "0", "--threads", str(a.pdlb_threads)])
-            port = int(wait_log(lb.log_path, r"listening on http://127\.0\.0\.1:(\d+)", lb).group(1))
+            lb = procs.start_ready("pdlb", [a.pdlb, "--host", "127.0.0.1", "--port", "0", "--prefill", pre_url,
+                                            "--prefill-bootstrap-ports", str(boot), "--decode", dec_url,
+                                            "--log-interval", "0", "--threads", str(a.pdlb_threads)])
+            port = lb.port
             target = ["--url", f"http://127.0.0.1:{port}"]
             watched["pdlb"] = lb
         else:

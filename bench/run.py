@@ -86,18 +86,21 @@ def wait_port(port, timeout=30.0, proc=None):
     raise RuntimeError(f"nothing listens on 127.0.0.1:{port} after {timeout}s")
 
 
-def wait_log(path, pattern, proc, timeout=30.0):
-    rx = re.compile(pattern)
+def wait_ready(path, proc, timeout=30.0):
+    """Waits for the --ready-file of pdlb or pdlb-sim and returns what it says ({"host", "port"}, and
+    "bootstrap_port" from a prefill pdlb-sim). The programs write it beside and rename it, so it is
+    complete once it exists; the 20 ms wait between looks is the only polling."""
     deadline = time.time() + timeout
     while time.time() < deadline:
-        with open(path, errors="replace") as f:
-            m = rx.search(f.read())
-        if m:
-            return m
+        try:
+            with open(path) as f:
+                return json.load(f)
+        except FileNotFoundError:
+            pass
         if proc.poll() is not None:
-            raise RuntimeError(f"{proc.args[0]} exited with {proc.returncode}; see {path}")
-        time.sleep(0.05)
-    raise RuntimeError(f"{proc.args[0]} not ready after {timeout}s; see {path}")
+            raise RuntimeError(f"{proc.args[0]} exited with {proc.returncode} before it was ready")
+        time.sleep(0.02)
+    raise RuntimeError(f"{proc.args[0]} not ready after {timeout}s (no {path})")
 
 
 def start_nginx_relay(procs, tmp, name, workers, decode_port):
@@ -134,6 +137,16 @@ class Processes:
         p.log_path = path
         p.name = name
         self.procs.append(p)
+        return p
+
+    def start_ready(self, name, argv, timeout=30.0):
+        """Starts pdlb or pdlb-sim with --ready-file and waits for it; the process gets .port (and
+        .bootstrap for a prefill worker)."""
+        path = os.path.join(self.logdir, name + ".ready")
+        p = self.start(name, list(argv) + ["--ready-file", path])
+        ready = wait_ready(path, p, timeout)
+        p.port = ready["port"]
+        p.bootstrap = ready.get("bootstrap_port")
         return p
 
     def stop(self, p):
@@ -287,13 +300,10 @@ class Bench:
         log(f"nginx stubs on {self.stub_port}, nginx proxy ({a.nginx_workers} worker) on {self.proxy_port}")
 
     def start_pdlb(self, name, prefill, bootstrap, decode, extra=(), binary=None):
-        p = self.procs.start(name, [binary or self.pdlb, "--host", "127.0.0.1", "--port", "0", "--prefill", prefill,
-                                    "--prefill-bootstrap-ports", str(bootstrap), "--decode", decode,
-                                    "--log-interval", "0", "--threads", str(self.args.pdlb_threads),
-                                    *extra])
-        m = wait_log(p.log_path, r"listening on http://127\.0\.0\.1:(\d+)", p)
-        p.port = int(m.group(1))
-        return p
+        return self.procs.start_ready(name, [binary or self.pdlb, "--host", "127.0.0.1", "--port", "0", "--prefill", prefill,
+                                             "--prefill-bootstrap-ports", str(bootstrap), "--decode", decode,
+                                             "--log-interval", "0", "--threads", str(self.args.pdlb_threads),
+                                             *extra])
 
     def start_minilb(self, name, prefill, bootstrap, decode):
         port = free_ports(1)[0]
@@ -304,16 +314,12 @@ class Bench:
         return p
 
     def start_sims(self, tag, step_ms, max_running, stamp=False):
-        pre = self.procs.start(f"sim-prefill-{tag}", [self.sim, "--role", "prefill", "--port", "0",
-                                                      "--bootstrap-port", "0", "--log-level", "warn"])
-        m = wait_log(pre.log_path, r"pdlb-sim ready role=prefill http=127\.0\.0\.1:(\d+) bootstrap=(\d+)", pre)
-        pre.port, pre.bootstrap = int(m.group(1)), int(m.group(2))
-        dec = self.procs.start(f"sim-decode-{tag}", [self.sim, "--role", "decode", "--port", "0",
-                                                     "--step-base-ms", str(step_ms), "--step-per-req-ms", "0",
-                                                     "--max-running-requests", str(max_running),
-                                                     "--log-level", "warn"] + (["--stamp-events"] if stamp else []))
-        m = wait_log(dec.log_path, r"pdlb-sim ready role=decode http=127\.0\.0\.1:(\d+)", dec)
-        dec.port = int(m.group(1))
+        pre = self.procs.start_ready(f"sim-prefill-{tag}", [self.sim, "--role", "prefill", "--port", "0",
+                                                            "--bootstrap-port", "0", "--log-level", "warn"])
+        dec = self.procs.start_ready(f"sim-decode-{tag}", [self.sim, "--role", "decode", "--port", "0",
+                                                           "--step-base-ms", str(step_ms), "--step-per-req-ms", "0",
+                                                           "--max-running-requests", str(max_running),
+                                                           "--log-level", "warn"] + (["--stamp-events"] if stamp else []))
         return pre, dec
 
     def start_relay(self, name, decode_port):

@@ -32,20 +32,15 @@ cleanup() {
 }
 trap cleanup EXIT
 
-# Starts a worker in the background and waits for its ready line; sets PORT and BOOTSTRAP.
+# Starts a worker in the background and waits for its ready file; sets PORT and BOOTSTRAP.
+. "$here/../scripts/ready.sh"
 start_sim() {
   local name="$1"; shift
-  "$sim" "$@" --port 0 >"$work/$name.out" 2>"$work/$name.log" &
+  "$sim" "$@" --port 0 --ready-file "$work/$name.ready" >"$work/$name.out" 2>"$work/$name.log" &
   pids+=("$!")
-  local line="" i
-  for ((i = 0; i < 400; i++)); do
-    line="$(grep -m1 'pdlb-sim ready' "$work/$name.out" 2>/dev/null || true)"
-    [[ -n "$line" ]] && break
-    sleep 0.05
-  done
-  [[ -n "$line" ]] || { echo "$name did not start:" >&2; cat "$work/$name.log" >&2; exit 1; }
-  PORT="$(sed -E 's/.*http=[^ ]*:([0-9]+) bootstrap=([0-9]+).*/\1/' <<<"$line")"
-  BOOTSTRAP="$(sed -E 's/.*http=[^ ]*:([0-9]+) bootstrap=([0-9]+).*/\2/' <<<"$line")"
+  wait_ready "$work/$name.ready" "$!" 20 || { echo "$name did not start:" >&2; cat "$work/$name.log" >&2; exit 1; }
+  PORT="$(ready_field "$work/$name.ready" port)"
+  BOOTSTRAP="$(ready_field "$work/$name.ready" bootstrap_port 0)"
 }
 
 start_sim prefill --role prefill --bootstrap-port 0 --prefill-tokens-per-s 0

@@ -19,33 +19,28 @@ cleanup() {
 }
 trap cleanup EXIT INT TERM
 
-# Waits for a line matching $2 in file $1 (the programs print their ports when ready).
-wait_line() {
-  for _ in $(seq 1 200); do
-    if grep -qE "$2" "$1" 2>/dev/null; then return 0; fi
-    sleep 0.05
-  done
-  echo "demo: timed out waiting for '$2' in $1:" >&2
-  cat "$1" >&2
-  exit 1
+. scripts/ready.sh
+# Waits for $1's ready file; on failure shows the program's log $2.
+ready_or_log() {
+  wait_ready "$1" "$3" || { echo "demo: not ready; $2:" >&2; cat "$2" >&2; exit 1; }
 }
 
-build/pdlb-sim --role prefill --port 0 --bootstrap-port 0 >"$tmp/prefill.log" 2>&1 &
+build/pdlb-sim --role prefill --port 0 --bootstrap-port 0 --ready-file "$tmp/prefill.ready" >"$tmp/prefill.log" 2>&1 &
 pids+=($!)
-build/pdlb-sim --role decode --port 0 >"$tmp/decode.log" 2>&1 &
+ready_or_log "$tmp/prefill.ready" "$tmp/prefill.log" "$!"
+build/pdlb-sim --role decode --port 0 --ready-file "$tmp/decode.ready" >"$tmp/decode.log" 2>&1 &
 pids+=($!)
-wait_line "$tmp/prefill.log" 'pdlb-sim ready'
-wait_line "$tmp/decode.log" 'pdlb-sim ready'
-prefill_port=$(grep -oE 'ready role=prefill http=[^ ]+:[0-9]+' "$tmp/prefill.log" | grep -oE '[0-9]+$')
-bootstrap_port=$(grep -oE 'bootstrap=[0-9]+' "$tmp/prefill.log" | head -1 | cut -d= -f2)
-decode_port=$(grep -oE 'ready role=decode http=[^ ]+:[0-9]+' "$tmp/decode.log" | grep -oE '[0-9]+$')
+ready_or_log "$tmp/decode.ready" "$tmp/decode.log" "$!"
+prefill_port=$(ready_field "$tmp/prefill.ready" port)
+bootstrap_port=$(ready_field "$tmp/prefill.ready" bootstrap_port)
+decode_port=$(ready_field "$tmp/decode.ready" port)
 
 build/pdlb --host 127.0.0.1 --port "${PDLB_PORT:-8000}" \
   --prefill "http://127.0.0.1:$prefill_port" --prefill-bootstrap-ports "$bootstrap_port" \
-  --decode "http://127.0.0.1:$decode_port" >"$tmp/pdlb.log" 2>&1 &
+  --decode "http://127.0.0.1:$decode_port" --ready-file "$tmp/pdlb.ready" >"$tmp/pdlb.log" 2>&1 &
 pids+=($!)
-wait_line "$tmp/pdlb.log" 'listening on'
-port=$(grep -oE 'listening on http://[^ ]+:[0-9]+' "$tmp/pdlb.log" | grep -oE '[0-9]+$')
+ready_or_log "$tmp/pdlb.ready" "$tmp/pdlb.log" "$!"
+port=$(ready_field "$tmp/pdlb.ready" port)
 
 echo "== pdlb on port $port, prefill :$prefill_port (bootstrap :$bootstrap_port), decode :$decode_port"
 echo "== POST /generate"

@@ -27,6 +27,9 @@ import sys
 import tempfile
 import time
 
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "bench"))
+from run import wait_ready  # noqa: E402  bench/run.py: the one reader of --ready-file in Python
+
 # ---------------------------------------------------------------------------------------------
 # The request mix
 # ---------------------------------------------------------------------------------------------
@@ -497,20 +500,10 @@ class Soak:
         self.procs.append(p)
         return p
 
-    async def _wait_line(self, path, pattern, proc, timeout=15.0, start=0):
-        deadline = time.monotonic() + timeout
-        rx = re.compile(pattern)
-        while time.monotonic() < deadline:
-            with open(path, "rb") as f:
-                f.seek(start)
-                for ln in f.read().decode("utf-8", "replace").splitlines():
-                    m = rx.search(ln)
-                    if m:
-                        return m
-            if proc.poll() is not None:
-                raise RuntimeError("%s exited (%s) before ready; see %s" % (proc.args[0], proc.returncode, path))
-            await asyncio.sleep(0.05)
-        raise RuntimeError("no ready line in %s" % path)
+    async def _wait_ready(self, path, proc, timeout=15.0):
+        """The process's --ready-file contents, waited for off the event loop (the load keeps running
+        while a worker restarts)."""
+        return await asyncio.get_running_loop().run_in_executor(None, wait_ready, path, proc, timeout)
 
     def _sim_argv(self, role, port, bport):
         argv = [os.path.join(self.a.bin, "pdlb-sim"), "--role", role, "--host", "127.0.0.1", "--port", str(port),
@@ -523,10 +516,13 @@ class Soak:
     async def start_sim(self, role, idx, port=0, bport=0, gen=0):
         out = os.path.join(self.work, "%s%d.out" % (role, idx))
         err = os.path.join(self.work, "%s%d.log" % (role, idx))
-        start = os.path.getsize(out) if os.path.exists(out) else 0
-        p = self._spawn(self._sim_argv(role, port, bport), out, err)
-        m = await self._wait_line(out, r"pdlb-sim ready role=(\w+) http=([\d.]+):(\d+) bootstrap=(\d+)", p, start=start)
-        return {"role": role, "idx": idx, "port": int(m.group(3)), "bport": int(m.group(4)), "proc": p, "gen": gen}
+        ready_path = os.path.join(self.work, "%s%d.%d.ready" % (role, idx, gen))  # one per start
+        if os.path.exists(ready_path):
+            os.unlink(ready_path)
+        p = self._spawn(self._sim_argv(role, port, bport) + ["--ready-file", ready_path], out, err)
+        ready = await self._wait_ready(ready_path, p)
+        return {"role": role, "idx": idx, "port": ready["port"], "bport": ready.get("bootstrap_port", 0),
+                "proc": p, "gen": gen}
 
     async def start_all(self):
         for role in ("prefill", "decode"):
@@ -541,9 +537,9 @@ class Soak:
                 argv += ["--prefill", "http://127.0.0.1:%d" % s["port"], str(s["bport"])]
         argv += ["--decode"] + ["http://127.0.0.1:%d" % s["port"] for s in self.sims if s["role"] == "decode"]
         self.lb_log = os.path.join(self.work, "pdlb.log")
-        self.lb = self._spawn(argv, self.lb_log, self.lb_log)
-        m = await self._wait_line(self.lb_log, r"listening on http://127\.0\.0\.1:(\d+)", self.lb)
-        self.lb_port = int(m.group(1))
+        ready_path = os.path.join(self.work, "pdlb.ready")
+        self.lb = self._spawn(argv + ["--ready-file", ready_path], self.lb_log, self.lb_log)
+        self.lb_port = (await self._wait_ready(ready_path, self.lb))["port"]
         self.log("workers: " + ", ".join("%s%d :%d" % (s["role"], s["idx"], s["port"]) for s in self.sims)
                  + "; pdlb :%d (pid %d); logs in %s" % (self.lb_port, self.lb.pid, self.work))
 

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Installs what is missing, builds, and runs every test.
 #   scripts/test.sh          the whole suite: Release, bench smoke, the .deb (as root), then ASan+UBSan,
-#                            then TSan, then a fuzz smoke
+#                            then TSan, then coverage with its floors (docs/testing.md), then a fuzz smoke
 #   scripts/test.sh quick    the Release suite only (for development)
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -16,8 +16,8 @@ configure_and_build() {
   cmake -S . -B "$dir" -G Ninja "$@" >/dev/null
   cmake --build "$dir" -j "$jobs" ${targets:+--target $targets}
 }
-# What a sanitizer suite needs (not pdlb-bench); -O1 -g1 keeps those builds quick with usable traces.
-sanitizer_targets="pdlb pdlb-sim pdlb_unit_tests pdlb_sim_tests pdlb_integration_tests"
+# What a sanitizer suite needs; -O1 -g1 keeps those builds quick with usable traces.
+sanitizer_targets="pdlb pdlb-sim pdlb-bench pdlb_unit_tests pdlb_sim_tests pdlb_integration_tests pdlb_bench_tests"
 sanitizer_flags=(-DCMAKE_BUILD_TYPE=None "-DCMAKE_CXX_FLAGS=-O1 -g1 -DNDEBUG")
 
 run_suite() {
@@ -54,6 +54,11 @@ suite_jobs=1 ASAN_OPTIONS=detect_leaks=1:abort_on_error=1 UBSAN_OPTIONS=halt_on_
 
 targets=$sanitizer_targets configure_and_build build-tsan "${sanitizer_flags[@]}" -DPDLB_SANITIZE=thread
 suite_jobs=1 TSAN_OPTIONS=halt_on_error=1:second_deadlock_stack=1 run_suite build-tsan
+
+# Line coverage of the whole suite, with per-directory floors (scripts/coverage.sh, docs/testing.md).
+coverage_start=$(date +%s)
+./scripts/coverage.sh build-coverage
+echo "=== coverage job: $(( $(date +%s) - coverage_start )) s"
 
 echo "=== build build-fuzz"
 cmake -S . -B build-fuzz -G Ninja -DCMAKE_BUILD_TYPE=RelWithDebInfo -DCMAKE_CXX_COMPILER=clang++-14 \

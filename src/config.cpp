@@ -309,6 +309,8 @@ void add_options(CLI::App& app, kind_map& kinds, raw_options& raw) {
       "text, or json (one JSON object per line, for journald and log shippers)")
       ->check(CLI::IsMember({"text", "json"}))
       ->capture_default_str();
+  add(app, kinds, "--ready-file", cfg.ready_file,
+      "Once listening, write {\"host\": ..., \"port\": N} to this file (atomically)");
   add(app, kinds, "--api-key", cfg.api_key,
       "Require 'Authorization: Bearer KEY' on inference routes (also env PDLB_API_KEY)")
       ->envname("PDLB_API_KEY");

@@ -43,9 +43,12 @@ constexpr auto tuple_awaitable = net::as_tuple(net::use_awaitable);
 namespace {
 
 // One client connection, reachable from shutdown() through its thread's registry.
+struct client_watch;
+
 struct connection {
   beast::tcp_stream stream;
   bool idle = true;  // waiting for the next request, nothing in flight
+  client_watch* watch = nullptr;  // the session's, which outlives the connection
   // Deadline for reading a request. Unlike beast::tcp_stream's own timeout, which closes the
   // socket, this one only cancels the read, so that a 408 can still be sent. Checked lazily (see
   // lazy_deadline): most requests arrive well within it, and arming a timer per read cost more.
@@ -118,6 +121,12 @@ struct client_watch {
                            self->client_left = true;  // orderly close (eof) or an error
                            self->signal.emit(net::cancellation_type::terminal);
                          });
+  }
+  // Cancels the running handler, as when the client leaves (shutdown past its grace period).
+  void cancel_handler() {
+    if (!active || client_left) return;
+    client_left = true;
+    signal.emit(net::cancellation_type::terminal);
   }
   // Ends the watch after the handler returned; true if the client left meanwhile.
   static bool end(const std::shared_ptr<client_watch>& self, tcp::socket& socket) {
@@ -450,6 +459,9 @@ void http_server::impl::close_connections(bool idle_only) {
     net::post(*contexts[i], [this, i, idle_only] {
       for (connection* c : threads[i].connections) {
         if (!idle_only || c->idle) {
+          // A handler waiting on something else than the client (a worker, a timer) would not
+          // notice the closed socket until its next write: cancel it as if the client had left.
+          if (!c->idle && c->watch) c->watch->cancel_handler();
           error_code ignored;
           c->stream.socket().shutdown(tcp::socket::shutdown_both, ignored);
           c->stream.socket().close(ignored);
@@ -569,6 +581,7 @@ net::awaitable<bool> http_server::impl::serve_request(connection& conn, request&
 net::awaitable<void> http_server::impl::run_session(tcp::socket socket, std::size_t index,
                                                     std::shared_ptr<client_watch> watch) {
   connection conn(std::move(socket));
+  conn.watch = watch.get();
   {
     // Writes are tried at once and only then awaited (exchange_impl::put), which needs a
     // non-blocking socket; Asio's asynchronous operations are not affected by the flag.

@@ -1,6 +1,7 @@
 #include "pdlb/service.hpp"
 
 #include "pdlb/logging.hpp"
+#include "pdlb/ready_file.hpp"
 
 #include <boost/asio/post.hpp>
 #include <spdlog/spdlog.h>
@@ -117,8 +118,6 @@ void service::start() {
     spdlog::info("prefill worker {} (bootstrap port {})", p.url.url,
                  p.bootstrap_port ? std::to_string(*p.bootstrap_port) : "none");
   for (const auto& d : cfg_.decode) spdlog::info("decode worker {}", d.url);
-  spdlog::info("pdlb {} listening on http://{}:{} (policy {}, {} thread(s))", PDLB_VERSION, shown_host(cfg_.host),
-               server_->port(), to_string(cfg_.policy), server_->thread_count());
 
   auto& ioc = server_->context(0);
   lb_->start_background(ioc);  // health checks, /get_load polls, DNS discovery (as configured)
@@ -143,6 +142,11 @@ void service::start() {
 // The one place where readiness is announced: the port is bound and accepting, the timers and
 // signal handlers are in place. Anything else that tells the world "pdlb is up" belongs here too.
 void service::announce_ready() {
+  // Signals are handled by now, so whoever reads the ready file or the listening line may send
+  // SIGTERM at once and get a clean shutdown.
+  if (!cfg_.ready_file.empty()) write_ready_file(cfg_.ready_file, {cfg_.host, server_->port(), std::nullopt});
+  spdlog::info("pdlb {} listening on http://{}:{} (policy {}, {} thread(s))", PDLB_VERSION, shown_host(cfg_.host),
+               server_->port(), to_string(cfg_.policy), server_->thread_count());
   if (auto ec = notifier_.notify("READY=1\nSTATUS=" + status_text()))
     spdlog::warn("systemd notification failed: {}", ec.message());
 }

@@ -81,6 +81,7 @@ struct config {
   std::string dns_server;  ///< "ADDRESS[:PORT]" to ask instead of the system's resolvers; "" for those.
   load_source load = load_source::local;  ///< What po2 compares.
   std::chrono::milliseconds load_poll_interval{std::chrono::seconds(1)};  ///< Between /get_load polls.
+  std::string ready_file;     ///< Where to write {"host","port"} once listening; empty: off.
 };
 
 /// Result of parsing the command line.

@@ -131,6 +131,23 @@ void engine::start() {
   }
 }
 
+void engine::stop() {
+  if (stopped_) return;
+  stopped_ = true;
+  std::vector<request_ptr> left;
+  for (auto& [ptr, r] : live_) left.push_back(r);
+  for (auto& r : left) abort(*r, "server shutting down");
+  work_.notify();
+  step_timer_.cancel();
+  sleep_timer_.cancel();
+  error_code ignored;
+  if (bootstrap_acceptor_) bootstrap_acceptor_->close(ignored);
+  for (auto* stream : bootstrap_streams_) stream->socket().close(ignored);
+  for (auto& [room, waiters] : room_waiters_)
+    for (auto* w : waiters) w->timer.cancel();
+  kv_idle_.clear();
+}
+
 // ---------------------------------------------------------------------------------------------
 // Request life cycle.
 
@@ -391,6 +408,7 @@ net::awaitable<void> engine::decode_loop() {
   clock::time_point last_emit{};
   bool consecutive = false;  // the previous step ended right before this one started
   for (;;) {
+    if (stopped_) co_return;
     admit();
     changed();
     if (running_n_ == 0) {
@@ -500,6 +518,7 @@ void engine::log_decode(bool) {
 
 net::awaitable<void> engine::prefill_loop() {
   for (;;) {
+    if (stopped_) co_return;
     while (!queue_.empty() && queue_.front()->ph != phase::queued) queue_.pop_front();
     if (queue_.empty()) {
       co_await wait_for(work_);
@@ -600,6 +619,13 @@ net::awaitable<void> engine::bootstrap_accept_loop() {
 net::awaitable<void> engine::bootstrap_session(tcp::socket socket) {
   beast::tcp_stream stream(std::move(socket));
   auto ex = stream.get_executor();
+  if (stopped_) co_return;
+  bootstrap_streams_.push_back(&stream);
+  struct unregister_stream {
+    std::vector<beast::tcp_stream*>& streams;
+    beast::tcp_stream* stream;
+    ~unregister_stream() { std::erase(streams, stream); }
+  } stream_guard{bootstrap_streams_, &stream};
   std::string buf;
   // A decode gives up after its waiting timeout; the prefill side waits a little longer so it
   // never closes first on a decode that is still within its limit.
@@ -648,7 +674,8 @@ net::awaitable<void> engine::bootstrap_session(tcp::socket socket) {
         }
       } guard{this, room, &sig};
       co_await sig.timer.async_wait(tuple_awaitable);
-      if (!sig.pending) co_return;  // never came: the decode fails on its own timeout
+      // Never came (the decode fails on its own timeout), or the worker is shutting down.
+      if (!sig.pending || stopped_) co_return;
     }
     std::string reply = "DONE " + std::to_string(room) + "\n";
     stream.expires_after(std::chrono::seconds(5));

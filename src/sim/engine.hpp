@@ -121,6 +121,10 @@ class engine {
   /// Starts the scheduler loop and, for a prefill worker, the bootstrap server (binds; throws on
   /// failure).
   void start();
+  /// Shutdown, once the HTTP handlers are gone: aborts what is left, ends the scheduler loop, the
+  /// bootstrap server and its sessions, and closes kept KV connections, so that nothing of the
+  /// engine remains on the io_context and it can be destroyed.
+  void stop();
   /// The bound bootstrap port (prefill), or 0.
   std::uint16_t bootstrap_port() const { return bootstrap_port_; }
 
@@ -201,6 +205,8 @@ class engine {
   std::unordered_map<std::uint64_t, clock::time_point> rooms_done_;
   std::deque<std::pair<std::uint64_t, clock::time_point>> rooms_order_;
   std::unordered_map<std::uint64_t, std::vector<wake_signal*>> room_waiters_;
+  // Open bootstrap sessions, so that stop() can close them; each unregisters itself.
+  std::vector<boost::beast::tcp_stream*> bootstrap_streams_;
 
   // Counters (per item).
   std::uint64_t received_ = 0, finished_ = 0, aborted_ = 0, failed_ = 0, rejected_ = 0,

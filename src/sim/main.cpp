@@ -5,6 +5,7 @@
 #include "options.hpp"
 
 #include "pdlb/http_server.hpp"
+#include "pdlb/ready_file.hpp"
 
 #include <CLI/CLI.hpp>
 #include <boost/asio/signal_set.hpp>
@@ -117,6 +118,10 @@ int main(int argc, char** argv) {
   app.add_flag("--refuse-connections", opts.faults.refuse_connections,
                "Fault: start with the HTTP listener closed (reopen with POST /sim/fault {})");
   app.add_option("--fault-count", fault_count, "Faults affect only the next N generate requests");
+  std::string ready_file;
+  app.add_option("--ready-file", ready_file,
+                 "Once listening, write {\"host\", \"port\", \"bootstrap_port\"} to this file "
+                 "(atomically)");
   app.add_option("--log-level", log_level, "trace, debug, info, warn, error")
       ->capture_default_str();
   CLI11_PARSE(app, argc, argv);
@@ -155,13 +160,23 @@ int main(int argc, char** argv) {
     signals.async_wait([&](const boost::system::error_code& ec, int sig) {
       if (ec) return;
       spdlog::info("signal {}: shutting down", sig);
-      std::fflush(stdout);
-      spdlog::default_logger()->flush();
-      // Requests in flight are simulated work with nothing to save: exit at once, without
-      // tearing down coroutine frames that still point into the engine.
-      std::_Exit(0);
+      // Requests in flight are simulated work with nothing to save: no grace period. Their
+      // connections close and their handlers are cancelled (which aborts their requests in the
+      // engine); then the engine ends its own loops and connections, and run() returns once
+      // nothing is left, so every object is destroyed in order and leak checkers see the exit.
+      server.shutdown(std::chrono::milliseconds(0), [&] {
+        eng.stop();
+        server.release();
+      });
     });
 
+    if (!ready_file.empty()) {
+      write_ready_file(ready_file,
+                       {opts.host, server.port(),
+                        opts.role == worker_role::prefill
+                            ? std::optional<std::uint16_t>(eng.bootstrap_port())
+                            : std::nullopt});
+    }
     std::printf("pdlb-sim ready role=%s http=%s:%u bootstrap=%u\n", role.c_str(),
                 opts.host.c_str(), static_cast<unsigned>(server.port()),
                 static_cast<unsigned>(eng.bootstrap_port()));

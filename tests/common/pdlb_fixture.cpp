@@ -3,7 +3,6 @@
 #include <gtest/gtest.h>
 
 #include <algorithm>
-#include <regex>
 #include <stdexcept>
 
 namespace pdlb::test {
@@ -14,13 +13,21 @@ std::unique_ptr<pdlb_process> pdlb_process::start(std::vector<std::string> args)
     argv.push_back("--log-interval");
     argv.push_back("0");
   }
+  // Requests a test leaves in flight (a stalled worker) must not hold up teardown's SIGTERM; the
+  // tests of draining set their own grace period.
+  if (std::find(args.begin(), args.end(), "--shutdown-grace") == args.end()) {
+    argv.push_back("--shutdown-grace");
+    argv.push_back("0");
+  }
   argv.insert(argv.end(), args.begin(), args.end());
+  const std::string ready_file = new_ready_file_path();
+  argv.push_back("--ready-file");
+  argv.push_back(ready_file);
   auto p = std::make_unique<pdlb_process>();
   p->proc_ = std::make_unique<child_process>(argv);
-  static const std::regex ready(R"(listening on http://[^ ]*:(\d+))");
-  auto m = p->proc_->wait_for_line(ready, std::chrono::seconds(20));
-  if (!m) throw std::runtime_error("pdlb did not start:\n" + p->proc_->output());
-  p->port_ = static_cast<std::uint16_t>(std::stoi((*m)[1]));
+  auto ready = wait_for_ready_file(*p->proc_, ready_file, std::chrono::seconds(20));
+  if (!ready) throw std::runtime_error("pdlb did not start:\n" + p->proc_->output());
+  p->port_ = ready->port;
   return p;
 }
 

@@ -2,13 +2,16 @@
 
 #include <gtest/gtest.h>
 
+#include <atomic>
 #include <cerrno>
 #include <csignal>
 #include <cstdlib>
 #include <cstring>
+#include <filesystem>
 #include <stdexcept>
 
 #include <fcntl.h>
+#include <sys/inotify.h>
 #include <poll.h>
 #include <sys/prctl.h>
 #include <sys/wait.h>
@@ -55,30 +58,92 @@ child_process::child_process(std::vector<std::string> argv,
   reader_ = std::thread([this] { reader_loop(); });
 }
 
-child_process::~child_process() {
-  // A sanitizer report from a child (pdlb, pdlb-sim under ASan/UBSan/TSan) fails the test even if
-  // the child kept running.
-  {
-    std::string out = output();
-    for (const char* marker : {"ERROR: AddressSanitizer", "ERROR: LeakSanitizer", "runtime error:",
-                               "WARNING: ThreadSanitizer"}) {
-      if (out.find(marker) != std::string::npos) {
-        ADD_FAILURE() << "sanitizer report from " << pid_ << ":\n" << out;
-        break;
-      }
-    }
-  }
+child_process::~child_process() { end_and_check(); }
+
+std::chrono::milliseconds child_process::exit_timeout() {
+  if (const char* env = std::getenv("PDLB_TEST_EXIT_TIMEOUT_MS"); env && *env)
+    return std::chrono::milliseconds(std::strtoll(env, nullptr, 10));
+#ifdef PDLB_TEST_SLOW_CHILDREN
+  // ASan's leak check at exit, TSan's bookkeeping and gcov's data files make an exit slower; on a
+  // loaded 2-core machine a sanitized pdlb can take several seconds to drain and leave.
+  return std::chrono::seconds(60);
+#else
+  return std::chrono::seconds(5);
+#endif
+}
+
+void child_process::expect_exit(int status) {
+  std::lock_guard lock(mutex_);
+  expected_status_ = status;
+}
+
+void child_process::expect_any_exit() {
+  std::lock_guard lock(mutex_);
+  any_exit_ok_ = true;
+}
+
+std::optional<int> child_process::kill_for_test(int sig, std::chrono::milliseconds timeout) {
+  expect_any_exit();
+  signal(sig);
+  return wait_exit(timeout);
+}
+
+void child_process::end_and_check() {
+  const std::string name = pid_ >= 0 ? "child " + std::to_string(pid_) : "child";
+  bool terminated = false;   // teardown sent SIGTERM
+  bool needed_kill = false;  // and then SIGKILL
+  bool output_ended = false;
   {
     std::unique_lock lock(mutex_);
     reap_locked(false);
+    output_ended = eof_;
+  }
+  // A child whose output has ended is exiting by itself: let it finish before judging.
+  if (output_ended) wait_exit_quietly(exit_timeout());
+  {
+    std::unique_lock lock(mutex_);
+    terminated = !exit_status_;
+  }
+  if (terminated) {
+    signal(SIGTERM);
+    wait_exit_quietly(exit_timeout());
+    std::lock_guard lock(mutex_);
     if (!exit_status_) {
+      needed_kill = true;
       ::kill(-pid_, SIGKILL);
       ::kill(pid_, SIGKILL);
       reap_locked(true);
     }
   }
+  {
+    // The output pipe ends when the child's process group does; a helper of the child that kept
+    // it open after the child itself exited is ended so that the report is complete.
+    std::unique_lock lock(mutex_);
+    if (!cv_.wait_for(lock, std::chrono::seconds(5), [this] { return eof_; })) ::kill(-pid_, SIGKILL);
+  }
   if (reader_.joinable()) reader_.join();
   if (out_fd_ >= 0) ::close(out_fd_);
+
+  // Judged only now that the output is complete: LeakSanitizer reports at exit.
+  const std::string out = output();
+  std::lock_guard lock(mutex_);
+  for (const char* marker : {"ERROR: AddressSanitizer", "ERROR: LeakSanitizer", "runtime error:",
+                             "WARNING: ThreadSanitizer"}) {
+    if (out.find(marker) != std::string::npos) {
+      ADD_FAILURE() << "sanitizer report from " << name << ":\n" << out;
+      return;
+    }
+  }
+  if (any_exit_ok_) return;
+  const int status = exit_status_.value_or(-1);
+  if (needed_kill) {
+    ADD_FAILURE() << name << " did not exit within " << exit_timeout().count()
+                  << " ms of SIGTERM and was killed; output:\n" << out;
+  } else if (status != expected_status_ && (terminated || !status_checked_by_test_)) {
+    ADD_FAILURE() << name << (terminated ? " exited after SIGTERM" : " exited by itself")
+                  << " with status " << status << ", expected " << expected_status_
+                  << "; output:\n" << out;
+  }
 }
 
 void child_process::reader_loop() {
@@ -171,6 +236,13 @@ void child_process::reap_locked(bool block) {
 }
 
 std::optional<int> child_process::wait_exit(std::chrono::milliseconds timeout) {
+  auto status = wait_exit_quietly(timeout);
+  std::lock_guard lock(mutex_);
+  if (status) status_checked_by_test_ = true;
+  return status;
+}
+
+std::optional<int> child_process::wait_exit_quietly(std::chrono::milliseconds timeout) {
   // The output pipe closes when the process (and any child sharing it) exits: wait for that
   // event, then reap.
   auto deadline = std::chrono::steady_clock::now() + timeout;
@@ -193,6 +265,43 @@ std::optional<int> child_process::wait_exit(std::chrono::milliseconds timeout) {
     lock.lock();
   }
   return exit_status_;
+}
+
+std::string new_ready_file_path() {
+  static const std::string dir = [] {
+    std::string tmpl = (std::filesystem::temp_directory_path() / "pdlb-test-XXXXXX").string();
+    if (!::mkdtemp(tmpl.data())) throw std::runtime_error("mkdtemp failed");
+    return tmpl;
+  }();
+  static std::atomic<unsigned> counter{0};
+  return dir + "/child-" + std::to_string(counter.fetch_add(1)) + ".ready";
+}
+
+std::optional<ready_info> wait_for_ready_file(child_process& proc, const std::string& path,
+                                              std::chrono::milliseconds timeout) {
+  const auto deadline = std::chrono::steady_clock::now() + timeout;
+  const std::string dir = std::filesystem::path(path).parent_path().string();
+  int in = ::inotify_init1(IN_CLOEXEC | IN_NONBLOCK);
+  if (in < 0 || ::inotify_add_watch(in, dir.c_str(), IN_MOVED_TO | IN_CLOSE_WRITE) < 0) {
+    if (in >= 0) ::close(in);
+    throw std::runtime_error("inotify on " + dir + " failed: " + std::strerror(errno));
+  }
+  std::optional<ready_info> info;
+  for (;;) {
+    // Checked after the watch is in place, so a file renamed in between is not missed.
+    info = read_ready_file(path);
+    if (info || !proc.running() || std::chrono::steady_clock::now() >= deadline) break;
+    // The wake-ups without an event only look whether the child died before getting ready.
+    pollfd p{in, POLLIN, 0};
+    ::poll(&p, 1, 100);
+    char events[4096];
+    while (::read(in, events, sizeof events) > 0) {
+    }
+  }
+  ::close(in);
+  if (!info) info = read_ready_file(path);  // written just before the child exited
+  ::unlink(path.c_str());
+  return info;
 }
 
 bool child_process::running() {

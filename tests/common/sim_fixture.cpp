@@ -4,7 +4,6 @@
 
 #include <gtest/gtest.h>
 
-#include <regex>
 #include <stdexcept>
 
 namespace pdlb::test {
@@ -17,20 +16,22 @@ std::unique_ptr<sim_worker> sim_worker::start(std::string role,
     argv.push_back("0");
   }
   argv.insert(argv.end(), extra_args.begin(), extra_args.end());
+  const std::string ready_file = new_ready_file_path();
+  argv.push_back("--ready-file");
+  argv.push_back(ready_file);
 
   std::unique_ptr<sim_worker> w(new sim_worker());
   w->role_ = role;
   w->process_ = std::make_unique<child_process>(argv);
-  static const std::regex ready(R"(pdlb-sim ready role=(\w+) http=(\S+):(\d+) bootstrap=(\d+))");
-  auto m = w->process_->wait_for_line(ready, std::chrono::seconds(30));
-  if (!m) {
+  auto ready = wait_for_ready_file(*w->process_, ready_file, std::chrono::seconds(30));
+  if (!ready) {
     throw std::runtime_error("pdlb-sim --role " + role +
                              " did not become ready; output:\n" + w->process_->output());
   }
   // Tests bind workers to loopback addresses only (127.0.0.0/8): any other is not theirs to reach.
-  if ((*m)[2].rfind("127.", 0) == 0) w->host_ = (*m)[2];
-  w->port_ = static_cast<std::uint16_t>(std::stoul((*m)[3]));
-  w->bootstrap_port_ = static_cast<std::uint16_t>(std::stoul((*m)[4]));
+  if (ready->host.rfind("127.", 0) == 0) w->host_ = ready->host;
+  w->port_ = ready->port;
+  w->bootstrap_port_ = ready->bootstrap_port.value_or(0);
   return w;
 }
 

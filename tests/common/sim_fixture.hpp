@@ -1,7 +1,7 @@
 // Starting a real pdlb-sim worker for a test, and talking to its /sim/* control routes.
 //
 // The worker is started with --port 0 (and --bootstrap-port 0 for a prefill) and the fixture waits
-// for its ready line, so tests never sleep for it. Later flags win over earlier ones, so
+// for its ready file (--ready-file), so tests never sleep for it. Later flags win over earlier ones, so
 // `extra_args` may override anything the fixture passes.
 #pragma once
 

@@ -57,6 +57,8 @@ class dns_server {
       if (proc->wait_for_line(std::regex("read " + s->hosts_ + " - \\d+ names"), std::chrono::seconds(10))) {
         s->port_ = port;
         s->proc_ = std::move(proc);
+      } else {
+        proc->expect_any_exit();  // the port was taken meanwhile and it exited: another port is tried
       }
     }
     if (!s->proc_) {

@@ -1,6 +1,7 @@
 // Faults where minilb is wrong: pdlb answers with a clear error, cancels the other leg at once,
 // never hangs past --timeout, and keeps serving.
 #include "integration/cluster.hpp"
+#include "common/canned_worker.hpp"
 
 #include <gmock/gmock.h>
 
@@ -241,21 +242,6 @@ TEST(Faults, IdleUpstreamConnectionsAreClosedAfterTheIdleTimeoutWithoutTraffic) 
 // A worker whose TCP handshake never completes, made on loopback without privileges: a listener
 // with backlog 0 never accepts, and one connection already fills its accept queue, so Linux drops
 // every further SYN and connect() hangs (the client retransmits until it gives up).
-// A listening socket on 127.0.0.1, port 0; `addr` receives its address.
-int loopback_listener(int backlog, sockaddr_in& addr) {
-  int fd = ::socket(AF_INET, SOCK_STREAM, 0);
-  addr = sockaddr_in{};
-  addr.sin_family = AF_INET;
-  addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-  socklen_t len = sizeof addr;
-  if (fd < 0 || ::bind(fd, reinterpret_cast<sockaddr*>(&addr), len) != 0 || ::listen(fd, backlog) != 0 ||
-      ::getsockname(fd, reinterpret_cast<sockaddr*>(&addr), &len) != 0) {
-    if (fd >= 0) ::close(fd);
-    throw std::runtime_error("cannot listen on 127.0.0.1");
-  }
-  return fd;
-}
-
 class unanswered_listener {
  public:
   unanswered_listener() {
@@ -297,43 +283,6 @@ TEST(Faults, PrefillWhoseHandshakeNeverCompletesGives504AfterConnectTimeoutAndCa
   for (const char* pool : {"prefill", "decode"})
     for (auto& w : stats[pool]) EXPECT_EQ(w["in_flight"], 0) << stats.dump();
 }
-
-// A worker that answers its first connection with fixed bytes, whatever the request, then closes.
-class canned_worker {
- public:
-  explicit canned_worker(std::string response) : response_(std::move(response)) {
-    sockaddr_in addr;
-    listener_ = loopback_listener(4, addr);
-    port_ = ntohs(addr.sin_port);
-    thread_ = std::thread([this] {
-      int fd = ::accept(listener_, nullptr, nullptr);
-      if (fd < 0) return;  // shut down before anyone came
-      char buf[4096];
-      (void)::recv(fd, buf, sizeof buf, 0);  // the request's start is enough
-      for (std::size_t off = 0; off < response_.size();) {
-        ssize_t n = ::send(fd, response_.data() + off, response_.size() - off, MSG_NOSIGNAL);
-        if (n <= 0) break;
-        off += static_cast<std::size_t>(n);
-      }
-      ::shutdown(fd, SHUT_WR);
-      while (::recv(fd, buf, sizeof buf, 0) > 0) {
-      }
-      ::close(fd);
-    });
-  }
-  ~canned_worker() {
-    ::shutdown(listener_, SHUT_RDWR);  // wakes the accept if nobody came
-    thread_.join();
-    ::close(listener_);
-  }
-  std::string url() const { return "http://127.0.0.1:" + std::to_string(port_); }
-
- private:
-  std::string response_;
-  int listener_ = -1;
-  std::uint16_t port_ = 0;
-  std::thread thread_;
-};
 
 // pdlb's upstream header limit is 64 KiB. Here the status line (3 KB, with a long reason phrase) and
 // the fields (63 KB) are each under it, the whole header over it.

@@ -224,8 +224,11 @@ TEST(HardeningAlone, ApiKeyGuardsInferenceAndAdminKeyGuardsAdminRoutes) {
 }
 
 TEST(HardeningAlone, WarnsWhenListeningBeyondLoopbackWithoutKeys) {
-  child_process p({PDLB_BIN, "--host", "0.0.0.0", "--port", "0", "--log-interval", "0"});
+  const std::string ready_file = new_ready_file_path();
+  child_process p({PDLB_BIN, "--host", "0.0.0.0", "--port", "0", "--log-interval", "0", "--ready-file", ready_file});
   EXPECT_TRUE(p.wait_for_line(std::regex("without --api-key and --admin-api-key"), 10s)) << p.output();
+  // Up and handling signals before teardown stops it.
+  EXPECT_TRUE(wait_for_ready_file(p, ready_file, 10s)) << p.output();
 }
 
 TEST(HardeningAlone, BurstAboveTheConnectorLimitWaitsForFreeConnections) {
@@ -255,12 +258,14 @@ TEST(HardeningAlone, RunningOutOfFileDescriptorsBacksOffAndRecovers) {
   std::string purl = c->prefill[0]->url(), durl = c->decode[0]->url();
   c->lb.reset();
   // A hard limit of 64 descriptors: a few dozen idle clients exhaust it.
+  const std::string ready_file = new_ready_file_path();
   child_process lb({"/bin/sh", "-c",
                     "ulimit -n 64 && exec " + std::string(PDLB_BIN) + " --host 127.0.0.1 --port 0 --log-interval 0 --threads 1 --prefill " +
-                        purl + " " + std::to_string(c->prefill[0]->bootstrap_port()) + " --decode " + durl});
-  auto m = lb.wait_for_line(std::regex(R"(listening on http://[^ ]*:(\d+))"), 10s);
-  ASSERT_TRUE(m);
-  auto port = static_cast<std::uint16_t>(std::stoi((*m)[1]));
+                        purl + " " + std::to_string(c->prefill[0]->bootstrap_port()) + " --decode " + durl +
+                        " --ready-file " + ready_file});
+  auto ready = wait_for_ready_file(lb, ready_file, 10s);
+  ASSERT_TRUE(ready) << lb.output();
+  auto port = ready->port;
   std::vector<std::unique_ptr<http_connection>> hogs;
   for (int i = 0; i < 80; ++i) hogs.push_back(std::make_unique<http_connection>(port, "127.0.0.1", 2s));
   EXPECT_TRUE(lb.wait_for_line(std::regex("accept failed .*backing off"), 10s)) << lb.output();
