@@ -190,6 +190,9 @@ class exchange_impl final : public exchange {
                                      std::string_view extra_headers) override {
     if (responded_) co_return net::error::already_started;
     responded_ = true;
+    status_ = static_cast<unsigned>(status);
+    first_body_byte_at_ = std::chrono::steady_clock::now();
+    body_bytes_ = head_ ? 0 : body.size();
     std::string head;
     head.reserve(160 + extra_headers.size());
     append_status_line(head, status);
@@ -212,6 +215,7 @@ class exchange_impl final : public exchange {
     if (responded_) co_return net::error::already_started;
     responded_ = true;
     streaming_ = true;
+    status_ = static_cast<unsigned>(status);
     std::string head;
     head.reserve(160 + extra_headers.size());
     append_status_line(head, status);
@@ -240,6 +244,8 @@ class exchange_impl final : public exchange {
     if (head_ && streaming_) return error_code{};
     if (!streaming_ || stream_ended_) return net::error::operation_not_supported;
     if (data.empty()) return error_code{};
+    if (body_bytes_ == 0) first_body_byte_at_ = std::chrono::steady_clock::now();
+    body_bytes_ += data.size();
     if (http10_) return put(std::array<net::const_buffer, 1>{net::buffer(data.data(), data.size())});
     char size_line[20];
     std::size_t len = format_chunk_size(data.size(), size_line);
@@ -281,6 +287,9 @@ class exchange_impl final : public exchange {
 
   bool responded() const override { return responded_; }
   void close_after() override { keep_alive_ = false; }
+  unsigned response_status() const override { return status_; }
+  std::chrono::steady_clock::time_point first_body_byte_at() const override { return first_body_byte_at_; }
+  std::uint64_t body_bytes_sent() const override { return body_bytes_; }
 
   bool keep_alive() const { return keep_alive_ && (!streaming_ || stream_ended_); }
   bool stream_unfinished() const { return streaming_ && !stream_ended_; }
@@ -345,6 +354,9 @@ class exchange_impl final : public exchange {
   bool responded_ = false;
   bool streaming_ = false;
   bool stream_ended_ = false;
+  unsigned status_ = 0;
+  std::chrono::steady_clock::time_point first_body_byte_at_{};
+  std::uint64_t body_bytes_ = 0;
 };
 
 // Writes an error response produced by the server itself, then the connection is closed.

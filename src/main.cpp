@@ -72,6 +72,7 @@ int main(int argc, char** argv) {
 
   auto lb = std::make_unique<pdlb::load_balancer>(cfg);
   pdlb::http_server server(so, [&lb](pdlb::exchange& ex) { return lb->handle(ex); });
+  lb->watch_threads(server);  // /metrics sums the threads' counters
   try {
     server.listen();
   } catch (const std::exception& e) {

@@ -237,7 +237,8 @@ std::vector<worker*> all_workers(const worker_set& set) {
 load_balancer::load_balancer(const config& cfg)
     : cfg_(cfg),
       health_(health_policy_of(cfg)),
-      registry_(upstream_options_of(cfg), cfg.connector_limit_per_host, cfg.connector_limit) {
+      registry_(upstream_options_of(cfg), cfg.connector_limit_per_host, cfg.connector_limit,
+                std::max(1u, cfg.threads)) {
   std::string error;
   for (const auto& p : cfg.prefill)
     if (!registry_.add(worker_role::prefill, p.url, p.bootstrap_port, error)) spdlog::warn("{}", error);
@@ -302,21 +303,38 @@ std::string load_balancer::status_line(double seconds) {
 net::awaitable<void> load_balancer::handle(exchange& ex) {
   counters_.requests.fetch_add(1, std::memory_order_relaxed);
   counters_.in_flight.fetch_add(1, std::memory_order_relaxed);
+  // Runs when the handler ends, normally or unwound by cancellation (the client left).
   struct done_guard {
+    done_guard(lb_counters& counters, exchange& e) : c(counters), ex(e) {}
     lb_counters& c;
     exchange& ex;
+    const std::chrono::steady_clock::time_point start = std::chrono::steady_clock::now();
+    request_record record;
     bool finished = false;
     ~done_guard() {
       c.in_flight.fetch_sub(1, std::memory_order_relaxed);
-      // Unwound without finishing: the client left, and the handler was cancelled.
-      if (!finished) c.client_aborts.fetch_add(1, std::memory_order_relaxed);
+      if (!finished || record.client_gone) c.client_aborts.fetch_add(1, std::memory_order_relaxed);
+      const unsigned status = ex.response_status();
+      if (status == 0) return;  // nothing was answered: the client left first
+      std::string_view target = ex.req().target();
+      const auto route = static_cast<std::size_t>(route_of(target.substr(0, target.find('?'))));
+      auto& m = ex.context().metrics();
+      m.requests[route][status_class_of(status)].add();
+      m.duration[route].observe(std::chrono::steady_clock::now() - start);
+      if (auto first = ex.first_body_byte_at(); first != std::chrono::steady_clock::time_point{})
+        m.first_byte[route].observe(first - start);
     }
-  } guard{counters_, ex};
-  co_await dispatch(ex);
+  } guard(counters_, ex);
+  co_await dispatch(ex, guard.record);
   guard.finished = true;
 }
 
-net::awaitable<void> load_balancer::dispatch(exchange& ex) {
+void load_balancer::watch_threads(http_server& server) {
+  threads_.clear();
+  for (std::size_t i = 0; i < server.thread_count(); ++i) threads_.push_back(&server.thread_ctx(i));
+}
+
+net::awaitable<void> load_balancer::dispatch(exchange& ex, request_record& record) {
   auto& req = ex.req();
   std::string_view target = req.target();
   std::string_view path = target.substr(0, target.find('?'));
@@ -342,7 +360,7 @@ net::awaitable<void> load_balancer::dispatch(exchange& ex) {
     if (!bearer_ok(req, cfg_.api_key))
       co_return co_await reply_error(http::status::unauthorized, "missing or wrong API key",
                                      "WWW-Authenticate: Bearer\r\n");
-    co_return co_await serve_pd_request(*this, ex, path, path != "/generate");
+    co_return co_await serve_pd_request(*this, ex, path, path != "/generate", record);
   }
   if (path == "/health") {
     if (!is_get && method != http::verb::head) co_return co_await method_not_allowed("GET");
@@ -369,6 +387,11 @@ net::awaitable<void> load_balancer::dispatch(exchange& ex) {
   if (path == "/v1/models" || path == "/get_model_info") {
     if (!is_get) co_return co_await method_not_allowed("GET");
     co_return co_await handle_first_prefill(ex, path);
+  }
+  if (path == "/metrics") {
+    if (!is_get) co_return co_await method_not_allowed("GET");
+    co_await ex.respond(http::status::ok, metrics_text(), "text/plain; version=0.0.4; charset=utf-8");
+    co_return;
   }
   if (path == "/pdlb/stats") {
     if (!is_get) co_return co_await method_not_allowed("GET");
@@ -747,6 +770,153 @@ net::awaitable<void> load_balancer::handle_slow_down(exchange& ex) {
                               {"answer", answer.is_discarded() ? nlohmann::json(r.body) : answer}});
   }
   co_await ex.respond(http::status::ok, out.dump());
+}
+
+std::string load_balancer::metrics_text() const {
+  pdlb::metrics_text out;
+  auto each_thread = [&](auto&& f) {
+    for (const thread_context* t : threads_) f(t->metrics());
+  };
+  constexpr std::size_t routes = thread_metrics::routes;
+  static constexpr std::array<std::string_view, status_classes> class_names = {"1xx", "2xx", "3xx", "4xx", "5xx"};
+
+  out.family("pdlb_build_info", "gauge", "pdlb's version (the value is always 1).");
+  {
+    std::string l;
+    metrics_text::label(l, "version", PDLB_VERSION);
+    out.sample("pdlb_build_info", l, std::uint64_t{1});
+  }
+
+  out.family("pdlb_requests_total", "counter", "Requests answered, by route and status class.");
+  for (std::size_t r = 0; r < routes; ++r)
+    for (std::size_t c = 0; c < status_classes; ++c) {
+      std::uint64_t n = 0;
+      each_thread([&](const thread_metrics& m) { n += m.requests[r][c].value(); });
+      if (n == 0 && c != 1) continue;  // keep the family small: unused error classes are absent
+      std::string l;
+      metrics_text::label(l, "route", to_string(static_cast<route_label>(r)));
+      metrics_text::label(l, "status", class_names[c]);
+      out.sample("pdlb_requests_total", l, n);
+    }
+
+  auto route_histogram = [&](std::string_view name, std::string_view help,
+                             const std::array<local_histogram, routes> thread_metrics::*member) {
+    out.family(name, "histogram", help);
+    for (std::size_t r = 0; r < routes; ++r) {
+      local_histogram::snapshot h;
+      each_thread([&](const thread_metrics& m) { h.merge((m.*member)[r]); });
+      std::string l;
+      metrics_text::label(l, "route", to_string(static_cast<route_label>(r)));
+      out.histogram(name, l, h);
+    }
+  };
+  route_histogram("pdlb_request_duration_seconds",
+                  "Time from a request's arrival to the end of its answer, by route.", &thread_metrics::duration);
+  route_histogram("pdlb_time_to_first_byte_seconds",
+                  "Time from a request's arrival to the first byte of its response body (for a stream, its "
+                  "first event: TTFT), by route.",
+                  &thread_metrics::first_byte);
+
+  out.family("pdlb_requests_in_flight", "gauge", "Requests being handled now.");
+  out.sample("pdlb_requests_in_flight", "", static_cast<double>(counters_.in_flight.load(std::memory_order_relaxed)));
+  out.family("pdlb_client_disconnects_total", "counter", "Clients that left before their whole answer.");
+  out.sample("pdlb_client_disconnects_total", "", counters_.client_aborts.load(std::memory_order_relaxed));
+  {
+    std::uint64_t n = 0;
+    each_thread([&](const thread_metrics& m) { n += m.stream_events.value(); });
+    out.family("pdlb_stream_events_total", "counter", "Server-sent events relayed to clients.");
+    out.sample("pdlb_stream_events_total", "", n);
+  }
+  out.family("pdlb_retries_total", "counter", "Attempts run again on another worker pair, by reason.");
+  for (std::size_t r = 0; r < static_cast<std::size_t>(retry_reason::count); ++r) {
+    std::uint64_t n = 0;
+    each_thread([&](const thread_metrics& m) { n += m.retries[r].value(); });
+    std::string l;
+    metrics_text::label(l, "reason", to_string(static_cast<retry_reason>(r)));
+    out.sample("pdlb_retries_total", l, n);
+  }
+  out.family("pdlb_cancelled_legs_total", "counter", "Worker legs stopped before the worker finished, by role and reason.");
+  for (std::size_t role = 0; role < 2; ++role)
+    for (std::size_t r = 0; r < static_cast<std::size_t>(cancel_reason::count); ++r) {
+      std::uint64_t n = 0;
+      each_thread([&](const thread_metrics& m) { n += m.cancelled_legs[role][r].value(); });
+      std::string l;
+      metrics_text::label(l, "role", role == 0 ? "prefill" : "decode");
+      metrics_text::label(l, "reason", to_string(static_cast<cancel_reason>(r)));
+      out.sample("pdlb_cancelled_legs_total", l, n);
+    }
+
+  // Per worker. One server may be listed in both roles: its series differ by role.
+  const auto set = registry_.snapshot();
+  const auto now = std::chrono::steady_clock::now();
+  std::vector<std::pair<const worker*, std::string>> workers;  // with their worker,role labels
+  for (auto role : {worker_role::prefill, worker_role::decode})
+    for (const auto& w : set->of(role)) {
+      std::string l;
+      metrics_text::label(l, "worker", w->url());
+      metrics_text::label(l, "role", to_string(role));
+      workers.emplace_back(w.get(), std::move(l));
+    }
+  out.family("pdlb_worker_requests_total", "counter", "Requests sent to a worker.");
+  for (auto& [w, l] : workers) out.sample("pdlb_worker_requests_total", l, w->requests.load(std::memory_order_relaxed));
+  out.family("pdlb_worker_requests_in_flight", "gauge", "Requests in flight on a worker through this pdlb.");
+  for (auto& [w, l] : workers)
+    out.sample("pdlb_worker_requests_in_flight", l, static_cast<double>(w->in_flight.load(std::memory_order_relaxed)));
+  out.family("pdlb_worker_errors_total", "counter", "A worker's failures, by kind (connect, timeout, reset, status).");
+  for (auto& [w, l] : workers)
+    for (auto kind : {failure_kind::connect, failure_kind::timeout, failure_kind::reset, failure_kind::status}) {
+      std::uint64_t n = w->failures_by_kind[static_cast<std::size_t>(kind)].load(std::memory_order_relaxed);
+      // A refused connection is a connect failure that also ejects at once.
+      if (kind == failure_kind::connect)
+        n += w->failures_by_kind[static_cast<std::size_t>(failure_kind::refused)].load(std::memory_order_relaxed);
+      std::string kl = l;
+      metrics_text::label(kl, "kind", to_string(kind));
+      out.sample("pdlb_worker_errors_total", kl, n);
+    }
+  out.family("pdlb_worker_response_seconds", "histogram",
+             "A worker's response time: for a prefill the time to its answer, for a decode the time to its "
+             "first byte (TTFT).");
+  for (auto& [w, l] : workers) {
+    local_histogram::snapshot h;
+    for (std::size_t i = 0; i < w->metric_threads(); ++i) h.merge(w->slot(i).response);
+    out.histogram("pdlb_worker_response_seconds", l, h);
+  }
+  out.family("pdlb_worker_state", "gauge", "A worker's state: 1 for the current one.");
+  for (auto& [w, l] : workers) {
+    const worker_state current = w->state(now);
+    for (auto st : {worker_state::available, worker_state::ejected, worker_state::draining}) {
+      std::string sl = l;
+      metrics_text::label(sl, "state", to_string(st));
+      out.sample("pdlb_worker_state", sl, std::uint64_t{st == current ? 1u : 0u});
+    }
+  }
+  out.family("pdlb_ejections_total", "counter", "Times a worker was ejected by passive failure detection.");
+  for (auto& [w, l] : workers) out.sample("pdlb_ejections_total", l, w->ejections.load(std::memory_order_relaxed));
+
+  // Connections belong to the server, not to a role: one series per URL, summed over its roles.
+  std::vector<std::pair<std::string_view, std::pair<std::size_t, std::uint64_t>>> hosts;  // open, connects
+  for (auto& [w, l] : workers) {
+    auto it = std::find_if(hosts.begin(), hosts.end(), [&](const auto& h) { return h.first == w->url(); });
+    if (it == hosts.end()) it = hosts.insert(hosts.end(), {w->url(), {0, 0}});
+    it->second.first += w->host->open_connections();
+    it->second.second += w->host->connects();
+  }
+  out.family("pdlb_worker_connections", "gauge",
+             "Open connections (idle and busy together: idle ones are per thread) to a worker.");
+  for (auto& [url, n] : hosts) {
+    std::string l;
+    metrics_text::label(l, "worker", url);
+    metrics_text::label(l, "state", "open");
+    out.sample("pdlb_worker_connections", l, static_cast<double>(n.first));
+  }
+  out.family("pdlb_worker_connects_total", "counter", "Connections established to a worker.");
+  for (auto& [url, n] : hosts) {
+    std::string l;
+    metrics_text::label(l, "worker", url);
+    out.sample("pdlb_worker_connects_total", l, n.second);
+  }
+  append_process_metrics(out);
+  return out.text();
 }
 
 }  // namespace pdlb

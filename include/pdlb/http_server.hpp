@@ -103,6 +103,14 @@ class exchange {
   virtual bool responded() const = 0;
   /// Asks the server to close the connection after this response.
   virtual void close_after() = 0;
+
+  /// The status sent (0 before any response header), for metrics and the access log.
+  virtual unsigned response_status() const { return 0; }
+  /// When the first byte of the response body went out (for a stream, of its first chunk); the
+  /// epoch when none has.
+  virtual std::chrono::steady_clock::time_point first_body_byte_at() const { return {}; }
+  /// Response body bytes handed to the socket (chunk framing not counted).
+  virtual std::uint64_t body_bytes_sent() const { return 0; }
 };
 
 /// The request handler. Runs on the connection's thread.

@@ -72,8 +72,17 @@ enum class attempt_verdict {
 /// The verdict on an attempt. A prefill failure comes first: it usually causes the decode's.
 attempt_verdict judge_attempt(const prefill_result& p, const decode_result& d);
 
+/// What one request did, for metrics and the access log. Owned by the caller of serve_pd_request,
+/// which reads it once the request is over.
+struct request_record {
+  std::shared_ptr<worker> prefill;  ///< The last attempt's prefill worker (null if none was picked).
+  std::shared_ptr<worker> decode;   ///< The last attempt's decode worker.
+  unsigned retries = 0;             ///< Attempts run again on another pair.
+  bool client_gone = false;         ///< The client left before its whole answer.
+};
+
 /// Serves a request to /generate (openai false), /v1/completions or /v1/chat/completions.
 net::awaitable<void> serve_pd_request(load_balancer& lb, exchange& ex, std::string_view path,
-                                      bool openai);
+                                      bool openai, request_record& record);
 
 }  // namespace pdlb

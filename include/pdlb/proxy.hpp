@@ -3,6 +3,7 @@
 
 #include "pdlb/config.hpp"
 #include "pdlb/http_server.hpp"
+#include "pdlb/pd_request.hpp"
 #include "pdlb/worker.hpp"
 
 #include <atomic>
@@ -40,9 +41,14 @@ class load_balancer {
   /// The workers.
   worker_registry& registry() { return registry_; }
 
+  /// The server's threads, whose per-thread metrics a scrape sums; call it once, before run().
+  void watch_threads(http_server& server);
+  /// Every metric in the Prometheus text format 0.0.4 (served at GET /metrics).
+  std::string metrics_text() const;
+
  private:
   friend class pd_request;
-  net::awaitable<void> dispatch(exchange& ex);
+  net::awaitable<void> dispatch(exchange& ex, request_record& record);
   /// A worker of `role` for a new request (see pick_worker_for); logs when a role enters or
   /// leaves panic mode.
   std::shared_ptr<worker> pick(const worker_set& set, worker_role role, std::mt19937_64& rng,
@@ -70,6 +76,7 @@ class load_balancer {
   std::atomic<bool> panic_prefill_{false};
   std::atomic<bool> panic_decode_{false};
   lb_counters counters_;
+  std::vector<const thread_context*> threads_;  // set once by watch_threads, before any request
   std::uint64_t last_requests_ = 0;
   std::uint64_t last_errors_ = 0;
 };

@@ -86,6 +86,8 @@ class upstream_host {
   const worker_url& url() const;
   /// Open connections (idle and busy) to this worker.
   std::size_t open_connections() const;
+  /// Connections established to this worker so far.
+  std::uint64_t connects() const;
   /// The worker left: each thread closes its idle connections to it at its next prune.
   void retire();
 
