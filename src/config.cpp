@@ -6,6 +6,9 @@
 #include <cctype>
 #include <charconv>
 #include <cmath>
+#include <cstring>
+#include <cstdio>
+#include <cerrno>
 #include <thread>
 
 namespace pdlb {
@@ -185,6 +188,8 @@ cli_result parse_command_line(int argc, const char* const* argv) {
   app.add_option("--shutdown-grace", grace_s,
                  "Seconds in-flight requests get to finish after SIGTERM/SIGINT")
       ->capture_default_str();
+  app.add_option("--access-log", cfg.access_log,
+                 "One JSON line per request to this file ('-': stdout); off by default");
   app.add_option("--log-level", cfg.log_level, "trace, debug, info, warn, error")
       ->check(CLI::IsMember({"trace", "debug", "info", "warn", "error", "critical", "off"}))
       ->capture_default_str();
@@ -307,6 +312,12 @@ cli_result parse_command_line(int argc, const char* const* argv) {
   cfg.upstream_idle_timeout = seconds_to_ms(idle_timeout_s);
   cfg.shutdown_grace = seconds_to_ms(grace_s);
   if (cfg.threads == 0) cfg.threads = std::max(1u, std::thread::hardware_concurrency());
+  if (!cfg.access_log.empty() && cfg.access_log != "-") {
+    // Fail at start-up, with the reason, rather than when the first request is logged.
+    std::FILE* f = std::fopen(cfg.access_log.c_str(), "a");
+    if (!f) return fail("--access-log: cannot open " + cfg.access_log + " for appending: " + std::strerror(errno));
+    std::fclose(f);
+  }
   return result;
 }
 

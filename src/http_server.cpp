@@ -194,7 +194,7 @@ class exchange_impl final : public exchange {
     first_body_byte_at_ = std::chrono::steady_clock::now();
     body_bytes_ = head_ ? 0 : body.size();
     std::string head;
-    head.reserve(160 + extra_headers.size());
+    head.reserve(160 + response_headers_.size() + extra_headers.size());
     append_status_line(head, status);
     head += "Content-Type: ";
     head.append(content_type.data(), content_type.size());
@@ -202,6 +202,7 @@ class exchange_impl final : public exchange {
     head += std::to_string(body.size());
     head += "\r\n";
     append_connection_header(head);
+    head.append(response_headers_);
     head.append(extra_headers.data(), extra_headers.size());
     head += "\r\n";
     // A response to HEAD has the header of the response to GET, Content-Length included, and no
@@ -217,7 +218,7 @@ class exchange_impl final : public exchange {
     streaming_ = true;
     status_ = static_cast<unsigned>(status);
     std::string head;
-    head.reserve(160 + extra_headers.size());
+    head.reserve(160 + response_headers_.size() + extra_headers.size());
     append_status_line(head, status);
     head += "Content-Type: ";
     head.append(content_type.data(), content_type.size());
@@ -229,6 +230,7 @@ class exchange_impl final : public exchange {
       head += "Transfer-Encoding: chunked\r\n";
     }
     append_connection_header(head);
+    head.append(response_headers_);
     head.append(extra_headers.data(), extra_headers.size());
     head += "\r\n";
     if (head_) stream_ended_ = true;  // no content for HEAD: write_chunk/end_stream write nothing
@@ -290,6 +292,7 @@ class exchange_impl final : public exchange {
   unsigned response_status() const override { return status_; }
   std::chrono::steady_clock::time_point first_body_byte_at() const override { return first_body_byte_at_; }
   std::uint64_t body_bytes_sent() const override { return body_bytes_; }
+  void set_response_headers(std::string_view lines) override { response_headers_ = lines; }
 
   bool keep_alive() const { return keep_alive_ && (!streaming_ || stream_ended_); }
   bool stream_unfinished() const { return streaming_ && !stream_ended_; }
@@ -357,6 +360,7 @@ class exchange_impl final : public exchange {
   unsigned status_ = 0;
   std::chrono::steady_clock::time_point first_body_byte_at_{};
   std::uint64_t body_bytes_ = 0;
+  std::string_view response_headers_;  // the handler's, set_response_headers
 };
 
 // Writes an error response produced by the server itself, then the connection is closed.
@@ -570,6 +574,7 @@ net::awaitable<bool> http_server::impl::serve_request(connection& conn, request&
     co_await net::this_coro::reset_cancellation_state();
     co_return false;
   }
+  ex.set_response_headers({});  // the handler's bytes ended with it
   if (!ex.responded()) {
     exchange& base = ex;
     if (co_await base.respond(http::status::internal_server_error, json_error_body("internal error")))

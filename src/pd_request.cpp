@@ -14,6 +14,8 @@
 #include <boost/beast/core/error.hpp>
 #include <spdlog/spdlog.h>
 
+#include <algorithm>
+
 namespace pdlb {
 
 /// A call to one worker for one leg. It holds the worker's lease (its in-flight count) exactly as
@@ -52,6 +54,27 @@ class worker_call {
   std::chrono::steady_clock::time_point started_;
   bool leased_ = true;
 };
+
+void request_record::assign_id(std::string_view client_value, std::mt19937_64& rng) {
+  const bool usable = !client_value.empty() && client_value.size() <= max_id &&
+                      std::all_of(client_value.begin(), client_value.end(), [](char c) { return c > 0x20 && c < 0x7f; });
+  char* out = header_.data();
+  std::copy(prefix.begin(), prefix.end(), out);
+  out += prefix.size();
+  if (usable) {
+    std::copy(client_value.begin(), client_value.end(), out);
+    id_size_ = client_value.size();
+  } else {
+    static constexpr char hex[] = "0123456789abcdef";
+    for (int half = 0; half < 2; ++half) {
+      std::uint64_t v = rng();
+      for (int i = 0; i < 16; ++i, v >>= 4) out[half * 16 + i] = hex[v & 15];
+    }
+    id_size_ = 32;
+  }
+  out[id_size_] = '\r';
+  out[id_size_ + 1] = '\n';
+}
 
 leg_result::leg_result() = default;
 leg_result::~leg_result() = default;
@@ -178,6 +201,8 @@ class pd_request {
 
   request_info info_;
   request_record& record_;
+  std::string_view forward_headers_;  // to both workers: the request id, the client's trace context
+  std::string forward_storage_;       // their bytes when there is a trace context to add
   std::shared_ptr<const worker_set> workers_;  // the set this request picks from, kept alive
 };
 
@@ -186,6 +211,16 @@ net::awaitable<void> pd_request::serve() {
       inspect_request(ex_.req().body(), openai_ ? route_kind::openai : route_kind::generate);
   if (!inspected.ok) co_return co_await fail(http::status::bad_request, inspected.error);
   info_ = std::move(inspected.info);
+  forward_headers_ = record_.id_header();
+  const auto traceparent = ex_.req()["traceparent"];
+  const auto tracestate = ex_.req()["tracestate"];
+  if (!traceparent.empty() || !tracestate.empty()) {
+    // W3C trace context is forwarded unchanged; pdlb adds no span of its own.
+    forward_storage_.assign(forward_headers_);
+    if (!traceparent.empty()) forward_storage_.append("traceparent: ").append(traceparent).append("\r\n");
+    if (!tracestate.empty()) forward_storage_.append("tracestate: ").append(tracestate).append("\r\n");
+    forward_headers_ = forward_storage_;
+  }
   workers_ = lb_.registry_.snapshot();
   std::vector<const worker*> avoid;  // workers this request failed on
   for (unsigned n = 0;; ++n) {
@@ -209,7 +244,8 @@ net::awaitable<void> pd_request::serve() {
       ctx_.metrics().retries[static_cast<std::size_t>(why)].add();
       const leg_result& f = verdict == attempt_verdict::prefill_failed ? static_cast<const leg_result&>(r.prefill)
                                                                       : static_cast<const leg_result&>(r.decode);
-      spdlog::warn("retrying on another pair (attempt {} of {}): {}", n + 2, lb_.cfg_.max_retries + 1,
+      spdlog::warn("request {}: retrying on another pair (attempt {} of {}): {}", record_.id(), n + 2,
+                   lb_.cfg_.max_retries + 1,
                    f.failure.empty() ? "decode worker " + blamed->url() + " answered " + std::to_string(f.status)
                                      : f.failure);
       avoid.push_back(blamed);
@@ -282,7 +318,7 @@ net::awaitable<pd_request::attempt_result> pd_request::attempt(worker& p, worker
 net::awaitable<prefill_result> pd_request::prefill_leg(worker& p, std::string_view body) {
   auto wc = std::make_unique<worker_call>(p, ctx_);
   auto& call = wc->call();
-  if (auto ec = co_await call.start("POST", path_, body)) co_return failed_leg<prefill_result>(*wc, ec);
+  if (auto ec = co_await call.start("POST", path_, body, forward_headers_)) co_return failed_leg<prefill_result>(*wc, ec);
   wc->observe_response(ctx_);  // a PD prefill answers once its KV cache is handed off
   prefill_result r;
   r.end = leg_end::answered;
@@ -324,7 +360,7 @@ net::awaitable<prefill_result> pd_request::prefill_leg(worker& p, std::string_vi
 net::awaitable<decode_result> pd_request::decode_leg(worker& d, std::string_view body) {
   auto wc = std::make_unique<worker_call>(d, ctx_);
   auto& call = wc->call();
-  if (auto ec = co_await call.start("POST", path_, body)) co_return failed_leg<decode_result>(*wc, ec);
+  if (auto ec = co_await call.start("POST", path_, body, forward_headers_)) co_return failed_leg<decode_result>(*wc, ec);
   decode_result r;
   r.end = leg_end::answered;
   r.target = &d;
@@ -354,7 +390,7 @@ net::awaitable<void> pd_request::answer(attempt_result r) {
       const leg_result& f = verdict == attempt_verdict::prefill_failed
                                 ? static_cast<const leg_result&>(r.prefill)
                                 : static_cast<const leg_result&>(r.decode);
-      spdlog::warn("request failed: {}", f.failure);
+      spdlog::warn("request {} failed: {}", record_.id(), f.failure);
       co_return co_await fail(f.failure_status, f.failure);
     }
     case attempt_verdict::decode_answer:
@@ -393,7 +429,7 @@ net::awaitable<void> pd_request::relay(worker_call& decode, const prefill_logpro
       lb_.counters_.errors.fetch_add(1, std::memory_order_relaxed);
       const std::string message = describe_failure(decode.target(), decode.call(), ec);
       lb_.record_failure(decode.target(), kind_of(ec, decode.call().where()), message);
-      spdlog::warn("stream failed: {}", message);
+      spdlog::warn("request {}: stream failed: {}", record_.id(), message);
       if (!co_await ex_.write_chunk(relay.fail(message))) co_await ex_.end_stream();
       co_return;
     }

@@ -13,6 +13,8 @@
 #include <boost/asio/as_tuple.hpp>
 #include <boost/beast/core/error.hpp>
 #include <nlohmann/json.hpp>
+#include <spdlog/sinks/basic_file_sink.h>
+#include <spdlog/sinks/stdout_sinks.h>
 #include <spdlog/spdlog.h>
 
 #include <algorithm>
@@ -70,7 +72,24 @@ struct fan_result {
 };
 
 net::awaitable<fan_result> call_worker(worker& w, thread_context& ctx, std::string method,
-                                       std::string path, std::string_view body) {
+                                       std::string path, std::string_view body,
+                                       std::chrono::milliseconds within = {}) {
+  if (within.count() > 0) {
+    // The call races a timer; whichever ends first cancels the other.
+    auto ex = co_await net::this_coro::executor;
+    net::steady_timer timer(ex, within);
+    auto [order, call_error, r, timer_error] =
+        co_await net::experimental::make_parallel_group(
+            net::co_spawn(ex, call_worker(w, ctx, std::move(method), std::move(path), body), net::deferred),
+            timer.async_wait(net::deferred))
+            .async_wait(net::experimental::wait_for_one(), net::use_awaitable);
+    if (order[0] == 0 && !call_error) co_return std::move(r);
+    fan_result late;
+    late.url = w.host->url().url;
+    late.error = std::string(to_string(w.role)) + " worker " + late.url + " gave no answer within " +
+                 std::to_string(within.count()) + " ms";
+    co_return late;
+  }
   fan_result r;
   r.url = w.host->url().url;
   upstream_call call(*w.host, ctx);
@@ -87,18 +106,19 @@ net::awaitable<fan_result> call_worker(worker& w, thread_context& ctx, std::stri
   co_return r;
 }
 
-// Calls every worker in `ws` at once; results in the order of `ws`.
+// Calls every worker in `ws` at once; results in the order of `ws`. With `within`, a worker that
+// has not answered by then gets an error result instead.
 net::awaitable<std::vector<fan_result>> fan_out(const std::vector<worker*>& ws, thread_context& ctx,
                                                 std::string method, std::string path,
-                                                std::string_view body) {
+                                                std::string_view body, std::chrono::milliseconds within = {}) {
   if (ws.empty()) co_return std::vector<fan_result>{};
   auto ex = co_await net::this_coro::executor;
-  using op_type = decltype(net::co_spawn(ex, call_worker(*ws[0], ctx, method, path, body),
+  using op_type = decltype(net::co_spawn(ex, call_worker(*ws[0], ctx, method, path, body, within),
                                          net::deferred));
   std::vector<op_type> ops;
   ops.reserve(ws.size());
   for (worker* w : ws)
-    ops.push_back(net::co_spawn(ex, call_worker(*w, ctx, method, path, body), net::deferred));
+    ops.push_back(net::co_spawn(ex, call_worker(*w, ctx, method, path, body, within), net::deferred));
   auto [order, errors, results] = co_await net::experimental::make_parallel_group(std::move(ops))
                                       .async_wait(net::experimental::wait_for_all(),
                                                   net::use_awaitable);
@@ -239,6 +259,18 @@ load_balancer::load_balancer(const config& cfg)
       health_(health_policy_of(cfg)),
       registry_(upstream_options_of(cfg), cfg.connector_limit_per_host, cfg.connector_limit,
                 std::max(1u, cfg.threads)) {
+  if (!cfg.access_log.empty()) {
+    // A logger of its own: one JSON object per line, the time (UTC) put in by the pattern; flushed
+    // each line so that a crash loses none.
+    std::shared_ptr<spdlog::sinks::sink> sink;
+    if (cfg.access_log == "-")
+      sink = std::make_shared<spdlog::sinks::stdout_sink_mt>();
+    else
+      sink = std::make_shared<spdlog::sinks::basic_file_sink_mt>(cfg.access_log);
+    access_log_ = std::make_shared<spdlog::logger>("access", std::move(sink));
+    access_log_->set_pattern(R"({"time":"%Y-%m-%dT%H:%M:%S.%fZ",%v})", spdlog::pattern_time_type::utc);
+    access_log_->flush_on(spdlog::level::trace);
+  }
   std::string error;
   for (const auto& p : cfg.prefill)
     if (!registry_.add(worker_role::prefill, p.url, p.bootstrap_port, error)) spdlog::warn("{}", error);
@@ -305,7 +337,8 @@ net::awaitable<void> load_balancer::handle(exchange& ex) {
   counters_.in_flight.fetch_add(1, std::memory_order_relaxed);
   // Runs when the handler ends, normally or unwound by cancellation (the client left).
   struct done_guard {
-    done_guard(lb_counters& counters, exchange& e) : c(counters), ex(e) {}
+    done_guard(load_balancer& l, exchange& e) : lb(l), c(l.counters_), ex(e) {}
+    load_balancer& lb;
     lb_counters& c;
     exchange& ex;
     const std::chrono::steady_clock::time_point start = std::chrono::steady_clock::now();
@@ -314,6 +347,7 @@ net::awaitable<void> load_balancer::handle(exchange& ex) {
     ~done_guard() {
       c.in_flight.fetch_sub(1, std::memory_order_relaxed);
       if (!finished || record.client_gone) c.client_aborts.fetch_add(1, std::memory_order_relaxed);
+      if (lb.access_log_) lb.log_access(ex, record, start, finished);
       const unsigned status = ex.response_status();
       if (status == 0) return;  // nothing was answered: the client left first
       std::string_view target = ex.req().target();
@@ -324,9 +358,38 @@ net::awaitable<void> load_balancer::handle(exchange& ex) {
       if (auto first = ex.first_body_byte_at(); first != std::chrono::steady_clock::time_point{})
         m.first_byte[route].observe(first - start);
     }
-  } guard(counters_, ex);
+  } guard(*this, ex);
+  guard.record.assign_id(ex.req()["X-Request-Id"], ex.context().rng());
+  ex.set_response_headers(guard.record.id_header());  // on every answer, errors included
   co_await dispatch(ex, guard.record);
   guard.finished = true;
+}
+
+void load_balancer::log_access(exchange& ex, const request_record& record,
+                               std::chrono::steady_clock::time_point start, bool finished) {
+  const auto now = std::chrono::steady_clock::now();
+  auto ms = [](std::chrono::steady_clock::duration d) { return std::chrono::duration<double, std::milli>(d).count(); };
+  std::string line;
+  line.reserve(384);
+  line += "\"request_id\":";
+  append_json_string(line, record.id());
+  line += ",\"method\":";
+  append_json_string(line, ex.req().method_string());
+  line += ",\"path\":";
+  std::string_view target = ex.req().target();
+  append_json_string(line, target.substr(0, target.find('?')));
+  line += ",\"status\":" + std::to_string(ex.response_status());
+  for (auto [name, w] : {std::pair{",\"prefill\":", record.prefill.get()}, std::pair{",\"decode\":", record.decode.get()}}) {
+    line += name;
+    if (w) append_json_string(line, w->url());
+    else line += "null";
+  }
+  const auto first = ex.first_body_byte_at();
+  line += fmt::format(",\"bytes_in\":{},\"bytes_out\":{},\"ttfb_ms\":", ex.req().body().size(), ex.body_bytes_sent());
+  line += first == std::chrono::steady_clock::time_point{} ? std::string("null") : fmt::format("{:.3f}", ms(first - start));
+  line += fmt::format(",\"duration_ms\":{:.3f},\"retries\":{},\"client_gone\":{}", ms(now - start), record.retries,
+                      !finished || record.client_gone);
+  access_log_->info("{}", line);
 }
 
 void load_balancer::watch_threads(http_server& server) {
@@ -392,6 +455,10 @@ net::awaitable<void> load_balancer::dispatch(exchange& ex, request_record& recor
     if (!is_get) co_return co_await method_not_allowed("GET");
     co_await ex.respond(http::status::ok, metrics_text(), "text/plain; version=0.0.4; charset=utf-8");
     co_return;
+  }
+  if (path == "/get_loads" || path == "/v1/loads") {
+    if (!is_get) co_return co_await method_not_allowed("GET");
+    co_return co_await handle_loads(ex);
   }
   if (path == "/pdlb/stats") {
     if (!is_get) co_return co_await method_not_allowed("GET");
@@ -587,6 +654,36 @@ net::awaitable<void> load_balancer::handle_readiness(exchange& ex) {
   }
   nlohmann::json j = {{"status", "ready"}, {"prefill", set->prefill.size()}, {"decode", set->decode.size()}};
   co_await ex.respond(http::status::ok, j.dump());
+}
+
+// GET /get_loads: per worker, its requests in flight through pdlb and its own /get_load (SGLang's
+// answer, as it gave it), asked of every worker at once. A worker that does not answer within
+// loads_timeout is listed with the error instead, so that one stuck worker does not hide the rest.
+net::awaitable<void> load_balancer::handle_loads(exchange& ex) {
+  constexpr std::chrono::milliseconds loads_timeout{2000};
+  const auto set = registry_.snapshot();
+  const auto ws = all_workers(*set);
+  auto results = co_await fan_out(ws, ex.context(), "GET", "/get_load", {}, std::min(loads_timeout, cfg_.timeout));
+  const auto now = std::chrono::steady_clock::now();
+  nlohmann::json list = nlohmann::json::array();
+  for (std::size_t i = 0; i < ws.size(); ++i) {
+    const worker& w = *ws[i];
+    const fan_result& r = results[i];
+    nlohmann::json j = {{"url", w.url()},
+                        {"worker_type", to_string(w.role)},
+                        {"state", to_string(w.state(now))},
+                        {"in_flight", w.in_flight.load(std::memory_order_relaxed)},
+                        {"load", nullptr}};
+    if (r.error.empty() && is_2xx(r.status)) {
+      auto parsed = nlohmann::json::parse(r.body, nullptr, false);
+      j["load"] = parsed.is_discarded() ? nlohmann::json(r.body) : std::move(parsed);
+    } else {
+      j["load_error"] = r.error.empty() ? "answered " + std::to_string(r.status) : r.error;
+    }
+    list.push_back(std::move(j));
+  }
+  nlohmann::json out = {{"workers", std::move(list)}};  // not in the co_await expression: GCC 12 rejects that
+  co_await ex.respond(http::status::ok, out.dump());
 }
 
 std::string load_balancer::stats_json() const {

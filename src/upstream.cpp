@@ -565,10 +565,10 @@ std::string_view upstream_call::phase_name(phase p) {
 }
 
 net::awaitable<error_code> upstream_call::start(std::string_view method, std::string_view path,
-                                                std::string_view body) {
+                                                std::string_view body, std::string_view extra_headers) {
   auto& h = impl_->host;
   std::string head;
-  head.reserve(160 + h.url.path_prefix.size() + path.size() + h.url.host_header.size());
+  head.reserve(160 + h.url.path_prefix.size() + path.size() + h.url.host_header.size() + extra_headers.size());
   head.append(method);
   head.push_back(' ');
   head += h.url.path_prefix;
@@ -576,6 +576,7 @@ net::awaitable<error_code> upstream_call::start(std::string_view method, std::st
   head += " HTTP/1.1\r\nHost: ";
   head += h.url.host_header;
   head += "\r\nAccept: */*\r\n";
+  head.append(extra_headers);
   if (method != "GET" || !body.empty()) {
     head += "Content-Type: application/json\r\nContent-Length: ";
     head += std::to_string(body.size());

@@ -55,6 +55,7 @@ struct config {
   unsigned max_fails = 3;     ///< Failures in a row that eject a worker; 0: no passive ejection.
   std::chrono::milliseconds fail_timeout{std::chrono::seconds(10)};  ///< First ejection's length.
   unsigned max_retries = 2;   ///< Extra attempts on another pair when nothing reached the client.
+  std::string access_log;     ///< Access log: a file path, "-" for stdout, empty: off.
 };
 
 /// Result of parsing the command line.

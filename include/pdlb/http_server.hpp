@@ -111,6 +111,9 @@ class exchange {
   virtual std::chrono::steady_clock::time_point first_body_byte_at() const { return {}; }
   /// Response body bytes handed to the socket (chunk framing not counted).
   virtual std::uint64_t body_bytes_sent() const { return 0; }
+  /// Preformatted "Name: value\r\n" lines added to every response header of this exchange (the
+  /// request id); the bytes must live until the handler returns (the server forgets them then).
+  virtual void set_response_headers(std::string_view lines) { (void)lines; }
 };
 
 /// The request handler. Runs on the connection's thread.

@@ -7,9 +7,14 @@
 #include "pdlb/worker.hpp"
 
 #include <atomic>
+#include <chrono>
 #include <memory>
 #include <string>
 #include <vector>
+
+namespace spdlog {
+class logger;
+}
 
 namespace pdlb {
 
@@ -65,6 +70,8 @@ class load_balancer {
   net::awaitable<void> handle_first_prefill(exchange& ex, std::string_view path);
   net::awaitable<void> handle_workers(exchange& ex, std::string_view path);
   net::awaitable<void> handle_readiness(exchange& ex);
+  /// GET /get_loads (/v1/loads): each worker's in-flight count and its own /get_load.
+  net::awaitable<void> handle_loads(exchange& ex);
   /// POST /slow_down: SGLang's forward_sleep_time to every decode (or prefill) worker at once.
   net::awaitable<void> handle_slow_down(exchange& ex);
 
@@ -76,6 +83,11 @@ class load_balancer {
   std::atomic<bool> panic_prefill_{false};
   std::atomic<bool> panic_decode_{false};
   lb_counters counters_;
+  /// Writes the access log line of a request that ended (only when --access-log is set).
+  void log_access(exchange& ex, const request_record& record, std::chrono::steady_clock::time_point start,
+                  bool finished);
+
+  std::shared_ptr<spdlog::logger> access_log_;  // null: off
   std::vector<const thread_context*> threads_;  // set once by watch_threads, before any request
   std::uint64_t last_requests_ = 0;
   std::uint64_t last_errors_ = 0;
