@@ -9,7 +9,7 @@ packages=(
   libgtest-dev libgmock-dev libsimdjson-dev libmimalloc-dev libc-ares-dev
   clang-14 libclang-rt-14-dev
   python3 python3-fastapi python3-uvicorn python3-aiohttp python3-matplotlib
-  nginx wrk procps dnsmasq-base gcovr
+  nginx wrk procps dnsmasq-base gcovr prometheus
   libtomlplusplus-dev help2man systemd dpkg-dev file
 )
 

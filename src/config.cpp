@@ -10,6 +10,9 @@
 #include <cmath>
 #include <map>
 #include <optional>
+#include <cstring>
+#include <cstdio>
+#include <cerrno>
 #include <thread>
 #include <type_traits>
 
@@ -302,6 +305,8 @@ void add_options(CLI::App& app, kind_map& kinds, raw_options& raw) {
   add(app, kinds, "--shutdown-grace", raw.grace_s,
       "Seconds in-flight requests get to finish after SIGTERM/SIGINT")
       ->capture_default_str();
+  add(app, kinds, "--access-log", cfg.access_log,
+      "One JSON line per request to this file ('-': stdout); off by default");
   add(app, kinds, "--log-level", cfg.log_level, "trace, debug, info, warn, error")
       ->check(CLI::IsMember({"trace", "debug", "info", "warn", "error", "critical", "off"}))
       ->capture_default_str();
@@ -587,6 +592,12 @@ std::optional<std::string> check_and_convert(raw_options& raw) {
   if (!cfg.dns_server.empty() && !valid_dns_server(cfg.dns_server))
     return "--dns-server '" + cfg.dns_server + "': expected an IP address with an optional port, "
            "e.g. 10.0.0.2, 10.0.0.2:5353 or [fd00::2]:53";
+  if (!cfg.access_log.empty() && cfg.access_log != "-") {
+    // Fail at start-up, with the reason, rather than when the first request is logged.
+    std::FILE* f = std::fopen(cfg.access_log.c_str(), "a");
+    if (!f) return "--access-log: cannot open " + cfg.access_log + " for appending: " + std::strerror(errno);
+    std::fclose(f);
+  }
   cfg.load = raw.load == "worker" ? load_source::worker : load_source::local;
   if (!positive(raw.load_poll_s)) return "--load-poll-interval must be positive";
   cfg.load_poll_interval = seconds_to_ms(raw.load_poll_s);

@@ -199,8 +199,11 @@ class exchange_impl final : public exchange {
                                      std::string_view extra_headers) override {
     if (responded_) co_return net::error::already_started;
     responded_ = true;
+    status_ = static_cast<unsigned>(status);
+    first_body_byte_at_ = std::chrono::steady_clock::now();
+    body_bytes_ = head_ ? 0 : body.size();
     std::string head;
-    head.reserve(160 + extra_headers.size());
+    head.reserve(160 + response_headers_.size() + extra_headers.size());
     append_status_line(head, status);
     head += "Content-Type: ";
     head.append(content_type.data(), content_type.size());
@@ -208,6 +211,7 @@ class exchange_impl final : public exchange {
     head += std::to_string(body.size());
     head += "\r\n";
     append_connection_header(head);
+    head.append(response_headers_);
     head.append(extra_headers.data(), extra_headers.size());
     head += "\r\n";
     // A response to HEAD has the header of the response to GET, Content-Length included, and no
@@ -221,8 +225,9 @@ class exchange_impl final : public exchange {
     if (responded_) co_return net::error::already_started;
     responded_ = true;
     streaming_ = true;
+    status_ = static_cast<unsigned>(status);
     std::string head;
-    head.reserve(160 + extra_headers.size());
+    head.reserve(160 + response_headers_.size() + extra_headers.size());
     append_status_line(head, status);
     head += "Content-Type: ";
     head.append(content_type.data(), content_type.size());
@@ -234,6 +239,7 @@ class exchange_impl final : public exchange {
       head += "Transfer-Encoding: chunked\r\n";
     }
     append_connection_header(head);
+    head.append(response_headers_);
     head.append(extra_headers.data(), extra_headers.size());
     head += "\r\n";
     if (head_) stream_ended_ = true;  // no content for HEAD: write_chunk/end_stream write nothing
@@ -249,6 +255,8 @@ class exchange_impl final : public exchange {
     if (head_ && streaming_) return error_code{};
     if (!streaming_ || stream_ended_) return net::error::operation_not_supported;
     if (data.empty()) return error_code{};
+    if (body_bytes_ == 0) first_body_byte_at_ = std::chrono::steady_clock::now();
+    body_bytes_ += data.size();
     if (http10_) return put(std::array<net::const_buffer, 1>{net::buffer(data.data(), data.size())});
     char size_line[20];
     std::size_t len = format_chunk_size(data.size(), size_line);
@@ -290,6 +298,10 @@ class exchange_impl final : public exchange {
 
   bool responded() const override { return responded_; }
   void close_after() override { keep_alive_ = false; }
+  unsigned response_status() const override { return status_; }
+  std::chrono::steady_clock::time_point first_body_byte_at() const override { return first_body_byte_at_; }
+  std::uint64_t body_bytes_sent() const override { return body_bytes_; }
+  void set_response_headers(std::string_view lines) override { response_headers_ = lines; }
 
   bool keep_alive() const { return keep_alive_ && (!streaming_ || stream_ended_); }
   bool stream_unfinished() const { return streaming_ && !stream_ended_; }
@@ -354,6 +366,10 @@ class exchange_impl final : public exchange {
   bool responded_ = false;
   bool streaming_ = false;
   bool stream_ended_ = false;
+  unsigned status_ = 0;
+  std::chrono::steady_clock::time_point first_body_byte_at_{};
+  std::uint64_t body_bytes_ = 0;
+  std::string_view response_headers_;  // the handler's, set_response_headers
 };
 
 // Writes an error response produced by the server itself, then the connection is closed.
@@ -570,6 +586,7 @@ net::awaitable<bool> http_server::impl::serve_request(connection& conn, request&
     co_await net::this_coro::reset_cancellation_state();
     co_return false;
   }
+  ex.set_response_headers({});  // the handler's bytes ended with it
   if (!ex.responded()) {
     exchange& base = ex;
     if (co_await base.respond(http::status::internal_server_error, json_error_body("internal error")))

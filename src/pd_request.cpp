@@ -15,6 +15,8 @@
 #include <boost/beast/core/error.hpp>
 #include <spdlog/spdlog.h>
 
+#include <algorithm>
+
 namespace pdlb {
 
 /// A call to one worker for one leg. It holds the worker's lease (its in-flight count) exactly as
@@ -22,7 +24,8 @@ namespace pdlb {
 /// closes an unfinished connection (the worker sees the close and aborts the request).
 class worker_call {
  public:
-  worker_call(worker& w, thread_context& ctx) : worker_(w), call_(*w.host, ctx) {
+  worker_call(worker& w, thread_context& ctx)
+      : worker_(w), call_(*w.host, ctx), started_(std::chrono::steady_clock::now()) {
     worker_.in_flight.fetch_add(1, std::memory_order_relaxed);
     worker_.requests.fetch_add(1, std::memory_order_relaxed);
   }
@@ -32,6 +35,10 @@ class worker_call {
 
   upstream_call& call() { return call_; }
   worker& target() { return worker_; }
+  /// Records the worker's response time (now, since the call began) in this thread's slot.
+  void observe_response(thread_context& ctx) {
+    worker_.slot(ctx.index()).response.observe(std::chrono::steady_clock::now() - started_);
+  }
   /// The answer was read whole: the connection goes back to the pool, the lease ends.
   void finish() {
     call_.release();
@@ -45,8 +52,30 @@ class worker_call {
   }
   worker& worker_;
   upstream_call call_;
+  std::chrono::steady_clock::time_point started_;
   bool leased_ = true;
 };
+
+void request_record::assign_id(std::string_view client_value, std::mt19937_64& rng) {
+  const bool usable = !client_value.empty() && client_value.size() <= max_id &&
+                      std::all_of(client_value.begin(), client_value.end(), [](char c) { return c > 0x20 && c < 0x7f; });
+  char* out = header_.data();
+  std::copy(prefix.begin(), prefix.end(), out);
+  out += prefix.size();
+  if (usable) {
+    std::copy(client_value.begin(), client_value.end(), out);
+    id_size_ = client_value.size();
+  } else {
+    static constexpr char hex[] = "0123456789abcdef";
+    for (int half = 0; half < 2; ++half) {
+      std::uint64_t v = rng();
+      for (int i = 0; i < 16; ++i, v >>= 4) out[half * 16 + i] = hex[v & 15];
+    }
+    id_size_ = 32;
+  }
+  out[id_size_] = '\r';
+  out[id_size_ + 1] = '\n';
+}
 
 leg_result::leg_result() = default;
 leg_result::~leg_result() = default;
@@ -117,8 +146,8 @@ struct attempt_condition {
 // One PD request. Runs on the client connection's thread; every member is this request's own.
 class pd_request {
  public:
-  pd_request(load_balancer& lb, exchange& ex, std::string_view path, bool openai)
-      : lb_(lb), ex_(ex), ctx_(ex.context()), path_(path), openai_(openai) {}
+  pd_request(load_balancer& lb, exchange& ex, std::string_view path, bool openai, request_record& record)
+      : lb_(lb), ex_(ex), ctx_(ex.context()), path_(path), openai_(openai), record_(record) {}
 
   net::awaitable<void> serve();
 
@@ -151,7 +180,16 @@ class pd_request {
   thread_context& ctx_;
   std::string_view path_;
   bool openai_;
+  /// Counts the legs of an attempt that were stopped, and why.
+  void count_cancelled(const attempt_result& r, attempt_verdict verdict);
+  void count_cancelled(worker_role role, cancel_reason why) {
+    ctx_.metrics().cancelled_legs[role == worker_role::prefill ? 0 : 1][static_cast<std::size_t>(why)].add();
+  }
+
   request_info info_;
+  request_record& record_;
+  std::string_view forward_headers_;  // to both workers: the request id, the client's trace context
+  std::string forward_storage_;       // their bytes when there is a trace context to add
   std::shared_ptr<const worker_set> workers_;  // the set this request picks from, kept alive
 };
 
@@ -160,6 +198,16 @@ net::awaitable<void> pd_request::serve() {
       inspect_request(ex_.req().body(), openai_ ? route_kind::openai : route_kind::generate);
   if (!inspected.ok) co_return co_await fail(http::status::bad_request, inspected.error);
   info_ = std::move(inspected.info);
+  forward_headers_ = record_.id_header();
+  const auto traceparent = ex_.req()["traceparent"];
+  const auto tracestate = ex_.req()["tracestate"];
+  if (!traceparent.empty() || !tracestate.empty()) {
+    // W3C trace context is forwarded unchanged; pdlb adds no span of its own.
+    forward_storage_.assign(forward_headers_);
+    if (!traceparent.empty()) forward_storage_.append("traceparent: ").append(traceparent).append("\r\n");
+    if (!tracestate.empty()) forward_storage_.append("tracestate: ").append(tracestate).append("\r\n");
+    forward_headers_ = forward_storage_;
+  }
   workers_ = lb_.registry_.snapshot();
   std::vector<const worker*> avoid;  // workers this request failed on
   for (unsigned n = 0;; ++n) {
@@ -168,14 +216,23 @@ net::awaitable<void> pd_request::serve() {
     auto d = lb_.pick(*workers_, worker_role::decode, ctx_.rng(), avoid);
     if (!d) co_return co_await fail(http::status::service_unavailable, "no decode worker available");
     attempt_result r = co_await attempt(*p, *d);
+    record_.prefill = std::move(p);
+    record_.decode = std::move(d);
     const attempt_verdict verdict = judge_attempt(r.prefill, r.decode);
+    count_cancelled(r, verdict);
     worker* blamed = judge_workers(r, verdict);
     if (blamed && n < lb_.cfg_.max_retries) {
       // Nothing reached the client and both legs are over: run the pair again, elsewhere.
       lb_.counters_.retries.fetch_add(1, std::memory_order_relaxed);
+      ++record_.retries;
+      const retry_reason why = verdict == attempt_verdict::prefill_failed  ? retry_reason::prefill_failed
+                               : verdict == attempt_verdict::decode_failed ? retry_reason::decode_failed
+                                                                           : retry_reason::decode_status;
+      ctx_.metrics().retries[static_cast<std::size_t>(why)].add();
       const leg_result& f = verdict == attempt_verdict::prefill_failed ? static_cast<const leg_result&>(r.prefill)
                                                                       : static_cast<const leg_result&>(r.decode);
-      spdlog::warn("retrying on another pair (attempt {} of {}): {}", n + 2, lb_.cfg_.max_retries + 1,
+      spdlog::warn("request {}: retrying on another pair (attempt {} of {}): {}", record_.id(), n + 2,
+                   lb_.cfg_.max_retries + 1,
                    f.failure.empty() ? "decode worker " + blamed->url() + " answered " + std::to_string(f.status)
                                      : f.failure);
       avoid.push_back(blamed);
@@ -217,6 +274,16 @@ worker* pd_request::judge_workers(const attempt_result& r, attempt_verdict verdi
   return nullptr;
 }
 
+void pd_request::count_cancelled(const attempt_result& r, attempt_verdict verdict) {
+  // A leg that ended cancelled was stopped by the other leg's failure or by the client leaving.
+  auto reason_for = [&](worker_role stopped) {
+    if (verdict == attempt_verdict::client_gone) return cancel_reason::client_gone;
+    return stopped == worker_role::prefill ? cancel_reason::decode_failed : cancel_reason::prefill_failed;
+  };
+  if (r.prefill.end == leg_end::cancelled) count_cancelled(worker_role::prefill, reason_for(worker_role::prefill));
+  if (r.decode.end == leg_end::cancelled) count_cancelled(worker_role::decode, reason_for(worker_role::decode));
+}
+
 net::awaitable<pd_request::attempt_result> pd_request::attempt(worker& p, worker& d) {
   std::vector<std::uint64_t> rooms(info_.batch_size.value_or(1));
   for (auto& r : rooms) r = random_room(ctx_.rng());
@@ -238,7 +305,8 @@ net::awaitable<pd_request::attempt_result> pd_request::attempt(worker& p, worker
 net::awaitable<prefill_result> pd_request::prefill_leg(worker& p, std::string_view body) {
   auto wc = std::make_unique<worker_call>(p, ctx_);
   auto& call = wc->call();
-  if (auto ec = co_await call.start("POST", path_, body)) co_return failed_leg<prefill_result>(*wc, ec);
+  if (auto ec = co_await call.start("POST", path_, body, forward_headers_)) co_return failed_leg<prefill_result>(*wc, ec);
+  wc->observe_response(ctx_);  // a PD prefill answers once its KV cache is handed off
   prefill_result r;
   r.end = leg_end::answered;
   r.target = &p;
@@ -279,16 +347,17 @@ net::awaitable<prefill_result> pd_request::prefill_leg(worker& p, std::string_vi
 net::awaitable<decode_result> pd_request::decode_leg(worker& d, std::string_view body) {
   auto wc = std::make_unique<worker_call>(d, ctx_);
   auto& call = wc->call();
-  if (auto ec = co_await call.start("POST", path_, body)) co_return failed_leg<decode_result>(*wc, ec);
+  if (auto ec = co_await call.start("POST", path_, body, forward_headers_)) co_return failed_leg<decode_result>(*wc, ec);
   decode_result r;
   r.end = leg_end::answered;
   r.target = &d;
   r.status = call.status();
   r.content_type = call.content_type();
   if (info_.stream && is_2xx(r.status)) {
-    r.stream = std::move(wc);  // relayed once the prefill is known to be good
+    r.stream = std::move(wc);  // relayed once the prefill is known to be good; TTFT at its first byte
     co_return r;
   }
+  wc->observe_response(ctx_);
   if (auto ec = co_await call.read_all(r.body, lb_.cfg_.max_body_size))
     co_return failed_leg<decode_result>(*wc, ec);
   wc->finish();
@@ -300,6 +369,7 @@ net::awaitable<void> pd_request::answer(attempt_result r) {
   const attempt_verdict verdict = judge_attempt(r.prefill, r.decode);
   switch (verdict) {
     case attempt_verdict::client_gone:
+      record_.client_gone = true;
       ex_.close_after();
       co_return;
     case attempt_verdict::prefill_failed:
@@ -307,7 +377,7 @@ net::awaitable<void> pd_request::answer(attempt_result r) {
       const leg_result& f = verdict == attempt_verdict::prefill_failed
                                 ? static_cast<const leg_result&>(r.prefill)
                                 : static_cast<const leg_result&>(r.decode);
-      spdlog::warn("request failed: {}", f.failure);
+      spdlog::warn("request {} failed: {}", record_.id(), f.failure);
       co_return co_await fail(f.failure_status, f.failure);
     }
     case attempt_verdict::decode_answer:
@@ -329,13 +399,16 @@ net::awaitable<void> pd_request::answer(attempt_result r) {
 net::awaitable<void> pd_request::relay(worker_call& decode, const prefill_logprobs& logprobs) {
   stream_relay relay(info_.return_logprob ? &logprobs : nullptr);
   if (co_await ex_.begin_stream(http::status::ok)) {
+    record_.client_gone = true;
     ex_.close_after();  // the client is gone
     co_return;
   }
+  bool first_byte = true;
   for (;;) {
     body_piece piece;
     if (auto ec = co_await decode.call().read_some(piece)) {
       if (ec == net::error::operation_aborted) {
+        record_.client_gone = true;
         ex_.close_after();  // cancelled: the client left
         co_return;
       }
@@ -343,16 +416,23 @@ net::awaitable<void> pd_request::relay(worker_call& decode, const prefill_logpro
       lb_.counters_.errors.fetch_add(1, std::memory_order_relaxed);
       const std::string message = describe_failure(decode.target(), decode.call(), ec);
       lb_.record_failure(decode.target(), kind_of(ec, decode.call().where()), message);
-      spdlog::warn("stream failed: {}", message);
+      spdlog::warn("request {}: stream failed: {}", record_.id(), message);
       if (!co_await ex_.write_chunk(relay.fail(message))) co_await ex_.end_stream();
       co_return;
     }
+    if (first_byte && piece.size > 0) {
+      decode.observe_response(ctx_);  // the decode's time to first token
+      first_byte = false;
+    }
     // The piece lives in the thread's scratch: it is written (or copied) before any suspension.
-    error_code wec = ex_.put_chunk(relay.feed(piece.bytes(), piece.done));
+    const std::string_view out = relay.feed(piece.bytes(), piece.done);
+    ctx_.metrics().stream_events.add(count_event_ends(out));
+    error_code wec = ex_.put_chunk(out);
     const bool done = piece.done;
     piece = body_piece{};
     if (!wec) wec = co_await ex_.flush();
     if (wec) {
+      record_.client_gone = true;
       ex_.close_after();  // the client is gone; the decode is cancelled as `decode` closes
       co_return;
     }
@@ -395,7 +475,10 @@ net::awaitable<void> pd_request::relay_beside(worker_call& decode, worker_call& 
                                    net::co_spawn(executor, relay_op(), net::deferred),
                                    net::co_spawn(executor, drain_op(), net::deferred))
                                    .async_wait(relay_condition{}, net::use_awaitable);
-  if (re) ex_.close_after();  // the relay was cancelled: the client left
+  if (re) {
+    record_.client_gone = true;
+    ex_.close_after();  // the relay was cancelled: the client left
+  }
 }
 
 net::awaitable<void> pd_request::drain(worker_call& prefill) {
@@ -407,6 +490,9 @@ net::awaitable<void> pd_request::drain(worker_call& prefill) {
       if (ec != net::error::operation_aborted)
         lb_.record_failure(prefill.target(), kind_of(ec, prefill.call().where()),
                            describe_failure(prefill.target(), prefill.call(), ec));
+      else  // the relay ended first (the prefill's stream is cut: its worker sees the close)
+        count_cancelled(worker_role::prefill,
+                        record_.client_gone ? cancel_reason::client_gone : cancel_reason::relay_ended);
       co_return;
     }
     if (piece.done) break;
@@ -419,8 +505,9 @@ net::awaitable<void> pd_request::fail(http::status status, std::string_view mess
   co_await ex_.respond(status, json_error_body(message));
 }
 
-net::awaitable<void> serve_pd_request(load_balancer& lb, exchange& ex, std::string_view path, bool openai) {
-  pd_request r(lb, ex, path, openai);
+net::awaitable<void> serve_pd_request(load_balancer& lb, exchange& ex, std::string_view path, bool openai,
+                                      request_record& record) {
+  pd_request r(lb, ex, path, openai, record);
   co_await r.serve();
 }
 

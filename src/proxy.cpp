@@ -14,6 +14,8 @@
 #include <boost/asio/as_tuple.hpp>
 #include <boost/beast/core/error.hpp>
 #include <nlohmann/json.hpp>
+#include <spdlog/sinks/basic_file_sink.h>
+#include <spdlog/sinks/stdout_sinks.h>
 #include <spdlog/spdlog.h>
 
 #include <algorithm>
@@ -179,7 +181,20 @@ std::vector<worker*> all_workers(const worker_set& set) {
 load_balancer::load_balancer(const config& cfg)
     : cfg_(cfg),
       health_(health_policy_of(cfg)),
-      registry_(upstream_options_of(cfg), cfg.connector_limit_per_host, cfg.connector_limit) {
+      registry_(upstream_options_of(cfg), cfg.connector_limit_per_host, cfg.connector_limit,
+                std::max(1u, cfg.threads)) {
+  if (!cfg.access_log.empty()) {
+    // A logger of its own: one JSON object per line, the time (UTC) put in by the pattern; flushed
+    // each line so that a crash loses none.
+    std::shared_ptr<spdlog::sinks::sink> sink;
+    if (cfg.access_log == "-")
+      sink = std::make_shared<spdlog::sinks::stdout_sink_mt>();
+    else
+      sink = std::make_shared<spdlog::sinks::basic_file_sink_mt>(cfg.access_log);
+    access_log_ = std::make_shared<spdlog::logger>("access", std::move(sink));
+    access_log_->set_pattern(R"({"time":"%Y-%m-%dT%H:%M:%S.%fZ",%v})", spdlog::pattern_time_type::utc);
+    access_log_->flush_on(spdlog::level::trace);
+  }
   std::string error;
   for (const auto& p : cfg.prefill)
     if (!registry_.add(worker_role::prefill, p.url, p.bootstrap_port, error)) spdlog::warn("{}", error);
@@ -244,21 +259,69 @@ std::string load_balancer::status_line(double seconds) {
 net::awaitable<void> load_balancer::handle(exchange& ex) {
   counters_.requests.fetch_add(1, std::memory_order_relaxed);
   counters_.in_flight.fetch_add(1, std::memory_order_relaxed);
+  // Runs when the handler ends, normally or unwound by cancellation (the client left).
   struct done_guard {
+    done_guard(load_balancer& l, exchange& e) : lb(l), c(l.counters_), ex(e) {}
+    load_balancer& lb;
     lb_counters& c;
     exchange& ex;
+    const std::chrono::steady_clock::time_point start = std::chrono::steady_clock::now();
+    request_record record;
     bool finished = false;
     ~done_guard() {
       c.in_flight.fetch_sub(1, std::memory_order_relaxed);
-      // Unwound without finishing: the client left, and the handler was cancelled.
-      if (!finished) c.client_aborts.fetch_add(1, std::memory_order_relaxed);
+      if (!finished || record.client_gone) c.client_aborts.fetch_add(1, std::memory_order_relaxed);
+      if (lb.access_log_) lb.log_access(ex, record, start, finished);
+      const unsigned status = ex.response_status();
+      if (status == 0) return;  // nothing was answered: the client left first
+      std::string_view target = ex.req().target();
+      const auto route = static_cast<std::size_t>(route_of(target.substr(0, target.find('?'))));
+      auto& m = ex.context().metrics();
+      m.requests[route][status_class_of(status)].add();
+      m.duration[route].observe(std::chrono::steady_clock::now() - start);
+      if (auto first = ex.first_body_byte_at(); first != std::chrono::steady_clock::time_point{})
+        m.first_byte[route].observe(first - start);
     }
-  } guard{counters_, ex};
-  co_await dispatch(ex);
+  } guard(*this, ex);
+  guard.record.assign_id(ex.req()["X-Request-Id"], ex.context().rng());
+  ex.set_response_headers(guard.record.id_header());  // on every answer, errors included
+  co_await dispatch(ex, guard.record);
   guard.finished = true;
 }
 
-net::awaitable<void> load_balancer::dispatch(exchange& ex) {
+void load_balancer::log_access(exchange& ex, const request_record& record,
+                               std::chrono::steady_clock::time_point start, bool finished) {
+  const auto now = std::chrono::steady_clock::now();
+  auto ms = [](std::chrono::steady_clock::duration d) { return std::chrono::duration<double, std::milli>(d).count(); };
+  std::string line;
+  line.reserve(384);
+  line += "\"request_id\":";
+  append_json_string(line, record.id());
+  line += ",\"method\":";
+  append_json_string(line, ex.req().method_string());
+  line += ",\"path\":";
+  std::string_view target = ex.req().target();
+  append_json_string(line, target.substr(0, target.find('?')));
+  line += ",\"status\":" + std::to_string(ex.response_status());
+  for (auto [name, w] : {std::pair{",\"prefill\":", record.prefill.get()}, std::pair{",\"decode\":", record.decode.get()}}) {
+    line += name;
+    if (w) append_json_string(line, w->url());
+    else line += "null";
+  }
+  const auto first = ex.first_body_byte_at();
+  line += fmt::format(",\"bytes_in\":{},\"bytes_out\":{},\"ttfb_ms\":", ex.req().body().size(), ex.body_bytes_sent());
+  line += first == std::chrono::steady_clock::time_point{} ? std::string("null") : fmt::format("{:.3f}", ms(first - start));
+  line += fmt::format(",\"duration_ms\":{:.3f},\"retries\":{},\"client_gone\":{}", ms(now - start), record.retries,
+                      !finished || record.client_gone);
+  access_log_->info("{}", line);
+}
+
+void load_balancer::watch_threads(http_server& server) {
+  threads_.clear();
+  for (std::size_t i = 0; i < server.thread_count(); ++i) threads_.push_back(&server.thread_ctx(i));
+}
+
+net::awaitable<void> load_balancer::dispatch(exchange& ex, request_record& record) {
   auto& req = ex.req();
   std::string_view target = req.target();
   std::string_view path = target.substr(0, target.find('?'));
@@ -284,7 +347,7 @@ net::awaitable<void> load_balancer::dispatch(exchange& ex) {
     if (!bearer_ok(req, cfg_.api_key))
       co_return co_await reply_error(http::status::unauthorized, "missing or wrong API key",
                                      "WWW-Authenticate: Bearer\r\n");
-    co_return co_await serve_pd_request(*this, ex, path, path != "/generate");
+    co_return co_await serve_pd_request(*this, ex, path, path != "/generate", record);
   }
   if (path == "/health") {
     if (!is_get && method != http::verb::head) co_return co_await method_not_allowed("GET");
@@ -311,6 +374,15 @@ net::awaitable<void> load_balancer::dispatch(exchange& ex) {
   if (path == "/v1/models" || path == "/get_model_info") {
     if (!is_get) co_return co_await method_not_allowed("GET");
     co_return co_await handle_first_prefill(ex, path);
+  }
+  if (path == "/metrics") {
+    if (!is_get) co_return co_await method_not_allowed("GET");
+    co_await ex.respond(http::status::ok, metrics_text(), "text/plain; version=0.0.4; charset=utf-8");
+    co_return;
+  }
+  if (path == "/get_loads" || path == "/v1/loads") {
+    if (!is_get) co_return co_await method_not_allowed("GET");
+    co_return co_await handle_loads(ex);
   }
   if (path == "/pdlb/stats") {
     if (!is_get) co_return co_await method_not_allowed("GET");
@@ -511,6 +583,36 @@ net::awaitable<void> load_balancer::handle_readiness(exchange& ex) {
   co_await ex.respond(http::status::ok, j.dump());
 }
 
+// GET /get_loads: per worker, its requests in flight through pdlb and its own /get_load (SGLang's
+// answer, as it gave it), asked of every worker at once. A worker that does not answer within
+// loads_timeout is listed with the error instead, so that one stuck worker does not hide the rest.
+net::awaitable<void> load_balancer::handle_loads(exchange& ex) {
+  constexpr std::chrono::milliseconds loads_timeout{2000};
+  const auto set = registry_.snapshot();
+  const auto ws = all_workers(*set);
+  auto results = co_await query_workers(ws, ex.context(), "GET", "/get_load", {}, std::min(loads_timeout, cfg_.timeout));
+  const auto now = std::chrono::steady_clock::now();
+  nlohmann::json list = nlohmann::json::array();
+  for (std::size_t i = 0; i < ws.size(); ++i) {
+    const worker& w = *ws[i];
+    const query_result& r = results[i];
+    nlohmann::json j = {{"url", w.url()},
+                        {"worker_type", to_string(w.role)},
+                        {"state", to_string(w.state(now))},
+                        {"in_flight", w.in_flight.load(std::memory_order_relaxed)},
+                        {"load", nullptr}};
+    if (r.error.empty() && is_2xx(r.status)) {
+      auto parsed = nlohmann::json::parse(r.body, nullptr, false);
+      j["load"] = parsed.is_discarded() ? nlohmann::json(r.body) : std::move(parsed);
+    } else {
+      j["load_error"] = r.error.empty() ? "answered " + std::to_string(r.status) : r.error;
+    }
+    list.push_back(std::move(j));
+  }
+  nlohmann::json out = {{"workers", std::move(list)}};  // not in the co_await expression: GCC 12 rejects that
+  co_await ex.respond(http::status::ok, out.dump());
+}
+
 std::string load_balancer::stats_json() const {
   nlohmann::json out = {{"requests", counters_.requests.load()},
                         {"errors", counters_.errors.load()},
@@ -692,6 +794,153 @@ net::awaitable<void> load_balancer::handle_slow_down(exchange& ex) {
                               {"answer", answer.is_discarded() ? nlohmann::json(r.body) : answer}});
   }
   co_await ex.respond(http::status::ok, out.dump());
+}
+
+std::string load_balancer::metrics_text() const {
+  pdlb::metrics_text out;
+  auto each_thread = [&](auto&& f) {
+    for (const thread_context* t : threads_) f(t->metrics());
+  };
+  constexpr std::size_t routes = thread_metrics::routes;
+  static constexpr std::array<std::string_view, status_classes> class_names = {"1xx", "2xx", "3xx", "4xx", "5xx"};
+
+  out.family("pdlb_build_info", "gauge", "pdlb's version (the value is always 1).");
+  {
+    std::string l;
+    metrics_text::label(l, "version", PDLB_VERSION);
+    out.sample("pdlb_build_info", l, std::uint64_t{1});
+  }
+
+  out.family("pdlb_requests_total", "counter", "Requests answered, by route and status class.");
+  for (std::size_t r = 0; r < routes; ++r)
+    for (std::size_t c = 0; c < status_classes; ++c) {
+      std::uint64_t n = 0;
+      each_thread([&](const thread_metrics& m) { n += m.requests[r][c].value(); });
+      if (n == 0 && c != 1) continue;  // keep the family small: unused error classes are absent
+      std::string l;
+      metrics_text::label(l, "route", to_string(static_cast<route_label>(r)));
+      metrics_text::label(l, "status", class_names[c]);
+      out.sample("pdlb_requests_total", l, n);
+    }
+
+  auto route_histogram = [&](std::string_view name, std::string_view help,
+                             const std::array<local_histogram, routes> thread_metrics::*member) {
+    out.family(name, "histogram", help);
+    for (std::size_t r = 0; r < routes; ++r) {
+      local_histogram::snapshot h;
+      each_thread([&](const thread_metrics& m) { h.merge((m.*member)[r]); });
+      std::string l;
+      metrics_text::label(l, "route", to_string(static_cast<route_label>(r)));
+      out.histogram(name, l, h);
+    }
+  };
+  route_histogram("pdlb_request_duration_seconds",
+                  "Time from a request's arrival to the end of its answer, by route.", &thread_metrics::duration);
+  route_histogram("pdlb_time_to_first_byte_seconds",
+                  "Time from a request's arrival to the first byte of its response body (for a stream, its "
+                  "first event: TTFT), by route.",
+                  &thread_metrics::first_byte);
+
+  out.family("pdlb_requests_in_flight", "gauge", "Requests being handled now.");
+  out.sample("pdlb_requests_in_flight", "", static_cast<double>(counters_.in_flight.load(std::memory_order_relaxed)));
+  out.family("pdlb_client_disconnects_total", "counter", "Clients that left before their whole answer.");
+  out.sample("pdlb_client_disconnects_total", "", counters_.client_aborts.load(std::memory_order_relaxed));
+  {
+    std::uint64_t n = 0;
+    each_thread([&](const thread_metrics& m) { n += m.stream_events.value(); });
+    out.family("pdlb_stream_events_total", "counter", "Server-sent events relayed to clients.");
+    out.sample("pdlb_stream_events_total", "", n);
+  }
+  out.family("pdlb_retries_total", "counter", "Attempts run again on another worker pair, by reason.");
+  for (std::size_t r = 0; r < static_cast<std::size_t>(retry_reason::count); ++r) {
+    std::uint64_t n = 0;
+    each_thread([&](const thread_metrics& m) { n += m.retries[r].value(); });
+    std::string l;
+    metrics_text::label(l, "reason", to_string(static_cast<retry_reason>(r)));
+    out.sample("pdlb_retries_total", l, n);
+  }
+  out.family("pdlb_cancelled_legs_total", "counter", "Worker legs stopped before the worker finished, by role and reason.");
+  for (std::size_t role = 0; role < 2; ++role)
+    for (std::size_t r = 0; r < static_cast<std::size_t>(cancel_reason::count); ++r) {
+      std::uint64_t n = 0;
+      each_thread([&](const thread_metrics& m) { n += m.cancelled_legs[role][r].value(); });
+      std::string l;
+      metrics_text::label(l, "role", role == 0 ? "prefill" : "decode");
+      metrics_text::label(l, "reason", to_string(static_cast<cancel_reason>(r)));
+      out.sample("pdlb_cancelled_legs_total", l, n);
+    }
+
+  // Per worker. One server may be listed in both roles: its series differ by role.
+  const auto set = registry_.snapshot();
+  const auto now = std::chrono::steady_clock::now();
+  std::vector<std::pair<const worker*, std::string>> workers;  // with their worker,role labels
+  for (auto role : {worker_role::prefill, worker_role::decode})
+    for (const auto& w : set->of(role)) {
+      std::string l;
+      metrics_text::label(l, "worker", w->url());
+      metrics_text::label(l, "role", to_string(role));
+      workers.emplace_back(w.get(), std::move(l));
+    }
+  out.family("pdlb_worker_requests_total", "counter", "Requests sent to a worker.");
+  for (auto& [w, l] : workers) out.sample("pdlb_worker_requests_total", l, w->requests.load(std::memory_order_relaxed));
+  out.family("pdlb_worker_requests_in_flight", "gauge", "Requests in flight on a worker through this pdlb.");
+  for (auto& [w, l] : workers)
+    out.sample("pdlb_worker_requests_in_flight", l, static_cast<double>(w->in_flight.load(std::memory_order_relaxed)));
+  out.family("pdlb_worker_errors_total", "counter", "A worker's failures, by kind (connect, timeout, reset, status).");
+  for (auto& [w, l] : workers)
+    for (auto kind : {failure_kind::connect, failure_kind::timeout, failure_kind::reset, failure_kind::status}) {
+      std::uint64_t n = w->failures_by_kind[static_cast<std::size_t>(kind)].load(std::memory_order_relaxed);
+      // A refused connection is a connect failure that also ejects at once.
+      if (kind == failure_kind::connect)
+        n += w->failures_by_kind[static_cast<std::size_t>(failure_kind::refused)].load(std::memory_order_relaxed);
+      std::string kl = l;
+      metrics_text::label(kl, "kind", to_string(kind));
+      out.sample("pdlb_worker_errors_total", kl, n);
+    }
+  out.family("pdlb_worker_response_seconds", "histogram",
+             "A worker's response time: for a prefill the time to its answer, for a decode the time to its "
+             "first byte (TTFT).");
+  for (auto& [w, l] : workers) {
+    local_histogram::snapshot h;
+    for (std::size_t i = 0; i < w->metric_threads(); ++i) h.merge(w->slot(i).response);
+    out.histogram("pdlb_worker_response_seconds", l, h);
+  }
+  out.family("pdlb_worker_state", "gauge", "A worker's state: 1 for the current one.");
+  for (auto& [w, l] : workers) {
+    const worker_state current = w->state(now);
+    for (auto st : {worker_state::available, worker_state::ejected, worker_state::draining}) {
+      std::string sl = l;
+      metrics_text::label(sl, "state", to_string(st));
+      out.sample("pdlb_worker_state", sl, std::uint64_t{st == current ? 1u : 0u});
+    }
+  }
+  out.family("pdlb_ejections_total", "counter", "Times a worker was ejected by passive failure detection.");
+  for (auto& [w, l] : workers) out.sample("pdlb_ejections_total", l, w->ejections.load(std::memory_order_relaxed));
+
+  // Connections belong to the server, not to a role: one series per URL, summed over its roles.
+  std::vector<std::pair<std::string_view, std::pair<std::size_t, std::uint64_t>>> hosts;  // open, connects
+  for (auto& [w, l] : workers) {
+    auto it = std::find_if(hosts.begin(), hosts.end(), [&](const auto& h) { return h.first == w->url(); });
+    if (it == hosts.end()) it = hosts.insert(hosts.end(), {w->url(), {0, 0}});
+    it->second.first += w->host->open_connections();
+    it->second.second += w->host->connects();
+  }
+  out.family("pdlb_worker_connections", "gauge",
+             "Open connections (idle and busy together: idle ones are per thread) to a worker.");
+  for (auto& [url, n] : hosts) {
+    std::string l;
+    metrics_text::label(l, "worker", url);
+    metrics_text::label(l, "state", "open");
+    out.sample("pdlb_worker_connections", l, static_cast<double>(n.first));
+  }
+  out.family("pdlb_worker_connects_total", "counter", "Connections established to a worker.");
+  for (auto& [url, n] : hosts) {
+    std::string l;
+    metrics_text::label(l, "worker", url);
+    out.sample("pdlb_worker_connects_total", l, n.second);
+  }
+  append_process_metrics(out);
+  return out.text();
 }
 
 }  // namespace pdlb

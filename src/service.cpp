@@ -89,6 +89,7 @@ service::service(config cfg, config_loader reload)
   lb_ = std::make_unique<load_balancer>(cfg_);
   server_ = std::make_unique<http_server>(server_options_for(cfg_),
                                           [lb = lb_.get()](exchange& ex) { return lb->handle(ex); });
+  lb_->watch_threads(*server_);  // /metrics sums the threads' counters
 }
 
 service::~service() = default;

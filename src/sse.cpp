@@ -152,4 +152,10 @@ bool is_done_payload(std::string_view data) {
   return data == "[DONE]";
 }
 
+std::size_t count_event_ends(std::string_view bytes) {
+  std::size_t n = 0;
+  for (auto pos = bytes.find("\n\n"); pos != std::string_view::npos; pos = bytes.find("\n\n", pos + 2)) ++n;
+  return n;
+}
+
 }  // namespace pdlb

@@ -148,6 +148,7 @@ struct upstream_host::impl {
   conn_limiter host_limit;
   std::shared_ptr<conn_limiter> global_limit;
   std::atomic<std::size_t> open{0};
+  std::atomic<std::uint64_t> connects{0};  // connections established, for metrics
   std::atomic<bool> retired{false};
   std::mutex resolve_mutex;
   std::vector<tcp::endpoint> endpoints;  // cached resolution
@@ -205,6 +206,8 @@ upstream_host::~upstream_host() { retire(); }
 const worker_url& upstream_host::url() const { return impl_->url; }
 
 std::size_t upstream_host::open_connections() const { return impl_->open.load(); }
+
+std::uint64_t upstream_host::connects() const { return impl_->connects.load(std::memory_order_relaxed); }
 
 void upstream_host::retire() { impl_->retired.store(true, std::memory_order_relaxed); }
 
@@ -534,6 +537,7 @@ struct upstream_call::impl {
       host.endpoints.clear();
       co_return ec;
     }
+    host.connects.fetch_add(1, std::memory_order_relaxed);  // beside `open`'s, once per connection
     error_code ignored;
     conn->stream.socket().set_option(tcp::no_delay(true), ignored);
     // Body reads are non-blocking calls after a readiness wait (see read_some).
@@ -561,10 +565,10 @@ std::string_view upstream_call::phase_name(phase p) {
 }
 
 net::awaitable<error_code> upstream_call::start(std::string_view method, std::string_view path,
-                                                std::string_view body) {
+                                                std::string_view body, std::string_view extra_headers) {
   auto& h = impl_->host;
   std::string head;
-  head.reserve(160 + h.url.path_prefix.size() + path.size() + h.url.host_header.size());
+  head.reserve(160 + h.url.path_prefix.size() + path.size() + h.url.host_header.size() + extra_headers.size());
   head.append(method);
   head.push_back(' ');
   head += h.url.path_prefix;
@@ -572,6 +576,7 @@ net::awaitable<error_code> upstream_call::start(std::string_view method, std::st
   head += " HTTP/1.1\r\nHost: ";
   head += h.url.host_header;
   head += "\r\nAccept: */*\r\n";
+  head.append(extra_headers);
   if (method != "GET" || !body.empty()) {
     head += "Content-Type: application/json\r\nContent-Length: ";
     head += std::to_string(body.size());

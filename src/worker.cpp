@@ -28,8 +28,14 @@ std::string_view to_string(failure_kind k) {
   return "?";
 }
 
-worker::worker(worker_role r, std::optional<std::uint16_t> port, std::unique_ptr<upstream_host> h)
-    : role(r), prefill(r == worker_role::prefill), bootstrap_port(port), host(std::move(h)) {}
+worker::worker(worker_role r, std::optional<std::uint16_t> port, std::unique_ptr<upstream_host> h,
+               std::size_t threads)
+    : role(r),
+      prefill(r == worker_role::prefill),
+      bootstrap_port(port),
+      host(std::move(h)),
+      threads_(std::max<std::size_t>(threads, 1)),
+      slots_(std::make_unique<thread_slot[]>(threads_)) {}
 
 steady_time worker::ejected_until() const {
   return steady_time(steady_time::duration(ejected_until_.load(std::memory_order_relaxed)));
@@ -51,6 +57,7 @@ void worker::record_success() {
 
 bool worker::record_failure(failure_kind kind, const health_policy& policy, steady_time now) {
   failures.fetch_add(1, std::memory_order_relaxed);
+  failures_by_kind[static_cast<std::size_t>(kind)].fetch_add(1, std::memory_order_relaxed);
   if (policy.max_fails == 0) return false;
   // On probation (ejected before, not yet restored by a success), one failure ejects again.
   const bool probation = ejections_in_a_row_.load(std::memory_order_relaxed) > 0;
@@ -87,9 +94,11 @@ check_change worker::record_check(bool passed, const check_policy& policy) {
   return check_change::ejected;
 }
 
-worker_registry::worker_registry(upstream_options opts, std::size_t per_host_limit, std::size_t global_limit)
+worker_registry::worker_registry(upstream_options opts, std::size_t per_host_limit, std::size_t global_limit,
+                                 std::size_t threads)
     : opts_(opts),
       per_host_limit_(per_host_limit),
+      threads_(threads),
       global_limit_(std::make_shared<conn_limiter>(global_limit)),
       current_(std::make_shared<const worker_set>()) {}
 
@@ -113,7 +122,7 @@ std::shared_ptr<worker> worker_registry::add(worker_role role, const worker_url&
     }
   auto host = std::make_unique<upstream_host>(url, per_host_limit_, global_limit_, opts_);
   auto w = std::make_shared<worker>(role, role == worker_role::prefill ? bootstrap_port : std::nullopt,
-                                    std::move(host));
+                                    std::move(host), threads_);
   auto next = std::make_shared<worker_set>(*set);
   (role == worker_role::prefill ? next->prefill : next->decode).push_back(w);
   publish(std::move(next));

@@ -82,6 +82,7 @@ struct config {
   load_source load = load_source::local;  ///< What po2 compares.
   std::chrono::milliseconds load_poll_interval{std::chrono::seconds(1)};  ///< Between /get_load polls.
   std::string ready_file;     ///< Where to write {"host","port"} once listening; empty: off.
+  std::string access_log;     ///< Access log: a file path, "-" for stdout, empty: off.
 };
 
 /// Result of parsing the command line.

@@ -103,6 +103,17 @@ class exchange {
   virtual bool responded() const = 0;
   /// Asks the server to close the connection after this response.
   virtual void close_after() = 0;
+
+  /// The status sent (0 before any response header), for metrics and the access log.
+  virtual unsigned response_status() const { return 0; }
+  /// When the first byte of the response body went out (for a stream, of its first chunk); the
+  /// epoch when none has.
+  virtual std::chrono::steady_clock::time_point first_body_byte_at() const { return {}; }
+  /// Response body bytes handed to the socket (chunk framing not counted).
+  virtual std::uint64_t body_bytes_sent() const { return 0; }
+  /// Preformatted "Name: value\r\n" lines added to every response header of this exchange (the
+  /// request id); the bytes must live until the handler returns (the server forgets them then).
+  virtual void set_response_headers(std::string_view lines) { (void)lines; }
 };
 
 /// The request handler. Runs on the connection's thread.

@@ -11,7 +11,9 @@
 #include "pdlb/logprob_merge.hpp"
 #include "pdlb/worker.hpp"
 
+#include <array>
 #include <memory>
+#include <random>
 #include <string>
 #include <string_view>
 
@@ -72,8 +74,32 @@ enum class attempt_verdict {
 /// The verdict on an attempt. A prefill failure comes first: it usually causes the decode's.
 attempt_verdict judge_attempt(const prefill_result& p, const decode_result& d);
 
+/// What one request did, for metrics and the access log. Owned by the caller of serve_pd_request,
+/// which reads it once the request is over.
+struct request_record {
+  /// Longest client X-Request-Id kept; a longer (or non-printable) one is replaced by a new id.
+  static constexpr std::size_t max_id = 128;
+  /// Takes the client's X-Request-Id if usable (1..max_id visible ASCII characters), else makes a
+  /// random one (32 hex digits) from `rng`.
+  void assign_id(std::string_view client_value, std::mt19937_64& rng);
+  /// The request's id.
+  std::string_view id() const { return {header_.data() + prefix.size(), id_size_}; }
+  /// "X-Request-Id: <id>\r\n", for the response and both workers.
+  std::string_view id_header() const { return {header_.data(), prefix.size() + id_size_ + 2}; }
+
+  std::shared_ptr<worker> prefill;  ///< The last attempt's prefill worker (null if none was picked).
+  std::shared_ptr<worker> decode;   ///< The last attempt's decode worker.
+  unsigned retries = 0;             ///< Attempts run again on another pair.
+  bool client_gone = false;         ///< The client left before its whole answer.
+
+ private:
+  static constexpr std::string_view prefix = "X-Request-Id: ";
+  std::array<char, prefix.size() + max_id + 2> header_{};  // in place: no allocation per request
+  std::size_t id_size_ = 0;
+};
+
 /// Serves a request to /generate (openai false), /v1/completions or /v1/chat/completions.
 net::awaitable<void> serve_pd_request(load_balancer& lb, exchange& ex, std::string_view path,
-                                      bool openai);
+                                      bool openai, request_record& record);
 
 }  // namespace pdlb

@@ -4,12 +4,18 @@
 #include "pdlb/background.hpp"
 #include "pdlb/config.hpp"
 #include "pdlb/http_server.hpp"
+#include "pdlb/pd_request.hpp"
 #include "pdlb/worker.hpp"
 
 #include <atomic>
+#include <chrono>
 #include <memory>
 #include <string>
 #include <vector>
+
+namespace spdlog {
+class logger;
+}
 
 namespace pdlb {
 
@@ -57,9 +63,14 @@ class load_balancer {
   /// The workers.
   worker_registry& registry() { return registry_; }
 
+  /// The server's threads, whose per-thread metrics a scrape sums; call it once, before run().
+  void watch_threads(http_server& server);
+  /// Every metric in the Prometheus text format 0.0.4 (served at GET /metrics).
+  std::string metrics_text() const;
+
  private:
   friend class pd_request;
-  net::awaitable<void> dispatch(exchange& ex);
+  net::awaitable<void> dispatch(exchange& ex, request_record& record);
   /// A worker of `role` for a new request (see pick_worker_for); logs when a role enters or
   /// leaves panic mode.
   std::shared_ptr<worker> pick(const worker_set& set, worker_role role, std::mt19937_64& rng,
@@ -76,6 +87,8 @@ class load_balancer {
   net::awaitable<void> handle_first_prefill(exchange& ex, std::string_view path);
   net::awaitable<void> handle_workers(exchange& ex, std::string_view path);
   net::awaitable<void> handle_readiness(exchange& ex);
+  /// GET /get_loads (/v1/loads): each worker's in-flight count and its own /get_load.
+  net::awaitable<void> handle_loads(exchange& ex);
   /// POST /slow_down: SGLang's forward_sleep_time to every decode (or prefill) worker at once.
   net::awaitable<void> handle_slow_down(exchange& ex);
 
@@ -87,6 +100,12 @@ class load_balancer {
   std::atomic<bool> panic_prefill_{false};
   std::atomic<bool> panic_decode_{false};
   lb_counters counters_;
+  /// Writes the access log line of a request that ended (only when --access-log is set).
+  void log_access(exchange& ex, const request_record& record, std::chrono::steady_clock::time_point start,
+                  bool finished);
+
+  std::shared_ptr<spdlog::logger> access_log_;  // null: off
+  std::vector<const thread_context*> threads_;  // set once by watch_threads, before any request
   std::uint64_t last_requests_ = 0;
   std::uint64_t last_errors_ = 0;
   std::unique_ptr<background_tasks> background_;  // after registry_: destroyed before it

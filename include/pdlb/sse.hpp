@@ -50,6 +50,10 @@ std::size_t complete_prefix_length(std::string_view buffered, std::size_t search
 /// nullopt if the event has no data line.
 std::optional<std::string> event_data(std::string_view event);
 
+/// Number of "\n\n" event terminators in `bytes` (the framing SGLang and OpenAI streams use; events
+/// ended by CRLF pairs are not counted), for the relay's event counter.
+std::size_t count_event_ends(std::string_view bytes);
+
 /// True for the "[DONE]" sentinel that ends OpenAI-style and SGLang streams.
 bool is_done_payload(std::string_view data);
 

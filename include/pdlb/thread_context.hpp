@@ -5,6 +5,8 @@
 // looked up by a thread index.
 #pragma once
 
+#include "pdlb/metrics.hpp"
+
 #include <cstddef>
 #include <memory>
 #include <random>
@@ -88,6 +90,9 @@ class thread_context {
   upstream_pools& pools() { return *pools_; }
   /// This thread's random engine (worker choice, bootstrap rooms), seeded_rng().
   std::mt19937_64& rng() { return rng_; }
+  /// This thread's request metrics: written by this thread only, read by scrapes from any.
+  thread_metrics& metrics() { return metrics_; }
+  const thread_metrics& metrics() const { return metrics_; }
 
  private:
   std::size_t index_;
@@ -95,6 +100,7 @@ class thread_context {
   scratch_buffer socket_;
   std::unique_ptr<upstream_pools> pools_;
   std::mt19937_64 rng_;
+  thread_metrics metrics_;
 };
 
 }  // namespace pdlb

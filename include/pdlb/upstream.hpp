@@ -86,6 +86,8 @@ class upstream_host {
   const worker_url& url() const;
   /// Open connections (idle and busy) to this worker.
   std::size_t open_connections() const;
+  /// Connections established to this worker so far.
+  std::uint64_t connects() const;
   /// The worker left: each thread closes its idle connections to it at its next prune.
   void retire();
 
@@ -142,9 +144,10 @@ class upstream_call {
   upstream_call(const upstream_call&) = delete;
   upstream_call& operator=(const upstream_call&) = delete;
 
-  /// Sends `method path` with `body` (JSON) and waits for the response header.
+  /// Sends `method path` with `body` (JSON) and waits for the response header. `extra_headers` are
+  /// preformatted "Name: value\r\n" lines (the request id, trace context).
   net::awaitable<error_code> start(std::string_view method, std::string_view path,
-                                   std::string_view body);
+                                   std::string_view body, std::string_view extra_headers = {});
   /// Status code of the response (after start(); still valid after release()).
   unsigned status() const;
   /// Content-Type of the response (after start()).

@@ -16,8 +16,10 @@
 #pragma once
 
 #include "pdlb/config.hpp"
+#include "pdlb/metrics.hpp"
 #include "pdlb/upstream.hpp"
 
+#include <array>
 #include <atomic>
 #include <chrono>
 #include <cstdint>
@@ -46,6 +48,8 @@ enum class failure_kind {
   reset,    ///< The connection broke: reset, closed mid-answer, malformed answer.
   status,   ///< A 5xx answer.
 };
+/// Number of failure kinds (for per-kind counters).
+inline constexpr std::size_t failure_kinds = 5;
 std::string_view to_string(failure_kind k);
 
 /// Active health check settings (--health-check-failures, --health-check-passes).
@@ -69,7 +73,9 @@ using steady_time = std::chrono::steady_clock::time_point;
 /// One worker: where it is, its connections, and what pdlb saw of it. Shared by every thread; the
 /// counters are atomics, so a worker is read and updated without a lock.
 struct worker {
-  worker(worker_role role, std::optional<std::uint16_t> bootstrap_port, std::unique_ptr<upstream_host> host);
+  /// `threads`: the number of server threads, each of which gets its own metrics slot.
+  worker(worker_role role, std::optional<std::uint16_t> bootstrap_port, std::unique_ptr<upstream_host> host,
+         std::size_t threads = 1);
 
   const worker_role role;
   const bool prefill;  ///< role == prefill.
@@ -90,6 +96,18 @@ struct worker {
   std::int64_t load() const {
     return in_flight.load(std::memory_order_relaxed) + reported_load.load(std::memory_order_relaxed);
   }
+  /// Failures by kind (failure_kind's order); updated on the failure path only.
+  std::array<std::atomic<std::uint64_t>, failure_kinds> failures_by_kind{};
+
+  /// What one server thread measured of this worker; written by that thread only.
+  struct alignas(64) thread_slot {
+    /// Prefill: time to its answer's header. Decode: time to its first body byte (TTFT).
+    local_histogram response;
+  };
+  /// Thread `i`'s slot (i < metric_threads()).
+  thread_slot& slot(std::size_t i) { return slots_[i]; }
+  const thread_slot& slot(std::size_t i) const { return slots_[i]; }
+  std::size_t metric_threads() const { return threads_; }
 
   /// Its state at `now`.
   worker_state state(steady_time now) const;
@@ -117,6 +135,8 @@ struct worker {
   std::atomic<bool> check_ejected_{false};
   unsigned checks_failed_in_a_row_ = 0;  // the health checker's own: one task touches them
   unsigned checks_passed_in_a_row_ = 0;
+  std::size_t threads_;
+  std::unique_ptr<thread_slot[]> slots_;  // one per server thread, made when the worker is added
 };
 
 /// The workers at one moment. Immutable once published: a change publishes a new set.
@@ -133,8 +153,9 @@ struct worker_set {
 /// and publish a new set.
 class worker_registry {
  public:
-  /// How new workers connect.
-  worker_registry(upstream_options opts, std::size_t per_host_limit, std::size_t global_limit);
+  /// How new workers connect; `threads`: server threads, for each worker's metric slots.
+  worker_registry(upstream_options opts, std::size_t per_host_limit, std::size_t global_limit,
+                  std::size_t threads = 1);
   ~worker_registry();
 
   /// The current set.
@@ -158,6 +179,7 @@ class worker_registry {
 
   upstream_options opts_;
   std::size_t per_host_limit_;
+  std::size_t threads_;
   std::shared_ptr<conn_limiter> global_limit_;
   std::mutex change_mutex_;
   std::atomic<std::shared_ptr<const worker_set>> current_;

@@ -304,6 +304,7 @@ struct api::impl {
   sim_options opts;
   fault_config faults;
   bool refused = false;
+  nlohmann::json last_headers = nlohmann::json::object();  // GET /sim/last_headers
   std::mt19937_64 rng{std::random_device{}()};
 
   impl(engine& e, http_server& s, const sim_options& o) : eng(e), server(s), opts(o) {
@@ -768,6 +769,9 @@ net::awaitable<void> throw_if_cancelled() {
 }  // namespace
 
 net::awaitable<void> api::impl::handle_generate(exchange& ex, route kind) {
+  last_headers = nlohmann::json::object();
+  for (const char* name : {"x-request-id", "traceparent", "tracestate"})
+    if (auto v = ex.req()[name]; !v.empty()) last_headers[name] = std::string(v);
   fault_config fault = take_fault();
   if (fault.any_request_fault()) eng.count_fault();
   if (fault.latency_ms > 0) {
@@ -1108,6 +1112,8 @@ net::awaitable<void> api::impl::handle(exchange& ex) {
     co_await handle_generate(ex, route::chat);
   } else if (path == "/health" || path == "/health_generate") {
     co_await ex.respond(http::status::ok, "", "text/plain");
+  } else if (path == "/sim/last_headers") {
+    co_await ex.respond(http::status::ok, last_headers.dump());
   } else if (path == "/sim/stats") {
     co_await ex.respond(http::status::ok, eng.stats_json().dump());
   } else if (path == "/sim/wait") {
