@@ -772,9 +772,11 @@ net::awaitable<void> load_balancer::handle_slow_down(exchange& ex) {
       if (it == pool.end()) {
         std::string known;
         for (auto& w : pool) known += (known.empty() ? "" : ", ") + w->host->url().url;
-        co_return co_await fail(http::status::bad_request,
-                                url + " is not a " + role + " worker of this pdlb (" + role +
-                                    " workers: " + (known.empty() ? "none" : known) + ")");
+        if (known.empty()) known = "none";
+        // Built before the co_await: GCC 12 destroys a temporary made by a conditional expression
+        // inside a co_await expression twice (ASan found the double free here).
+        std::string message = url + " is not a " + role + " worker of this pdlb (" + role + " workers: " + known + ")";
+        co_return co_await fail(http::status::bad_request, std::move(message));
       }
       if (std::find(targets.begin(), targets.end(), it->get()) == targets.end()) targets.push_back(it->get());
     }
