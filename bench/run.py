@@ -300,10 +300,16 @@ class Bench:
         log(f"nginx stubs on {self.stub_port}, nginx proxy ({a.nginx_workers} worker) on {self.proxy_port}")
 
     def start_pdlb(self, name, prefill, bootstrap, decode, extra=(), binary=None):
-        return self.procs.start_ready(name, [binary or self.pdlb, "--host", "127.0.0.1", "--port", "0", "--prefill", prefill,
-                                             "--prefill-bootstrap-ports", str(bootstrap), "--decode", decode,
-                                             "--log-interval", "0", "--threads", str(self.args.pdlb_threads),
-                                             *extra])
+        args = ["--host", "127.0.0.1", "--prefill", prefill, "--prefill-bootstrap-ports", str(bootstrap),
+                "--decode", decode, "--log-interval", "0", "--threads", str(self.args.pdlb_threads), *extra]
+        if binary and binary != self.pdlb:
+            # A --baseline binary may predate --ready-file: give it a free port and wait for it.
+            port = free_ports(1)[0]
+            p = self.procs.start(name, [binary, "--port", str(port), *args])
+            wait_port(port, proc=p)
+            p.port = port
+            return p
+        return self.procs.start_ready(name, [self.pdlb, "--port", "0", *args])
 
     def start_minilb(self, name, prefill, bootstrap, decode):
         port = free_ports(1)[0]
