@@ -162,8 +162,8 @@ class pd_request {
   /// Tells failure detection how each worker did; returns the worker to blame when the attempt
   /// failed in a way another pair may not (see docs/operations.md), else nullptr.
   worker* judge_workers(const attempt_result& r, attempt_verdict verdict);
-  net::awaitable<prefill_result> prefill_leg(worker& p, std::string_view body);
-  net::awaitable<decode_result> decode_leg(worker& d, std::string_view body);
+  net::awaitable<prefill_result> prefill_leg(std::unique_ptr<worker_call> wc, std::string_view body);
+  net::awaitable<decode_result> decode_leg(std::unique_ptr<worker_call> wc, std::string_view body);
   /// Answers the client from an attempt's results.
   net::awaitable<void> answer(attempt_result r);
   /// Relays the decode's stream; the status line is out once this starts.
@@ -290,11 +290,18 @@ net::awaitable<pd_request::attempt_result> pd_request::attempt(worker& p, worker
   // Both legs send it; they end before this frame does.
   const std::string body = rewrite_request(
       ex_.req().body(), info_, bootstrap_fields{p.host->url().bootstrap_host, p.bootstrap_port}, rooms);
+  // Both connections are reserved before either leg starts (see upstream_call::reserve_pair).
+  auto pc = std::make_unique<worker_call>(p, ctx_);
+  auto dc = std::make_unique<worker_call>(d, ctx_);
+  if (auto ec = co_await upstream_call::reserve_pair(pc->call(), dc->call()))
+    co_return attempt_result{failed_leg<prefill_result>(*pc, ec), failed_leg<decode_result>(*dc, ec)};
   auto executor = co_await net::this_coro::executor;
+  auto prefill = prefill_leg(std::move(pc), body);
+  auto decode = decode_leg(std::move(dc), body);
   auto [order, pe, pr, de, dr] =
       co_await net::experimental::make_parallel_group(
-          net::co_spawn(executor, prefill_leg(p, body), net::deferred),
-          net::co_spawn(executor, decode_leg(d, body), net::deferred))
+          net::co_spawn(executor, std::move(prefill), net::deferred),
+          net::co_spawn(executor, std::move(decode), net::deferred))
           .async_wait(attempt_condition{}, net::use_awaitable);
   // A leg that threw was cancelled; its default result says so.
   if (pe) pr = prefill_result{};
@@ -302,8 +309,8 @@ net::awaitable<pd_request::attempt_result> pd_request::attempt(worker& p, worker
   co_return attempt_result{std::move(pr), std::move(dr)};
 }
 
-net::awaitable<prefill_result> pd_request::prefill_leg(worker& p, std::string_view body) {
-  auto wc = std::make_unique<worker_call>(p, ctx_);
+net::awaitable<prefill_result> pd_request::prefill_leg(std::unique_ptr<worker_call> wc, std::string_view body) {
+  worker& p = wc->target();
   auto& call = wc->call();
   if (auto ec = co_await call.start("POST", path_, body, forward_headers_)) co_return failed_leg<prefill_result>(*wc, ec);
   wc->observe_response(ctx_);  // a PD prefill answers once its KV cache is handed off
@@ -344,8 +351,8 @@ net::awaitable<prefill_result> pd_request::prefill_leg(worker& p, std::string_vi
   co_return r;
 }
 
-net::awaitable<decode_result> pd_request::decode_leg(worker& d, std::string_view body) {
-  auto wc = std::make_unique<worker_call>(d, ctx_);
+net::awaitable<decode_result> pd_request::decode_leg(std::unique_ptr<worker_call> wc, std::string_view body) {
+  worker& d = wc->target();
   auto& call = wc->call();
   if (auto ec = co_await call.start("POST", path_, body, forward_headers_)) co_return failed_leg<decode_result>(*wc, ec);
   decode_result r;

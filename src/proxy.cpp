@@ -319,6 +319,11 @@ void load_balancer::log_access(exchange& ex, const request_record& record,
 void load_balancer::watch_threads(http_server& server) {
   threads_.clear();
   for (std::size_t i = 0; i < server.thread_count(); ++i) threads_.push_back(&server.thread_ctx(i));
+  // Somebody waits for a connection slot: each thread closes its idle connections that hold one.
+  registry_.global_limit().on_wait([&server] {
+    for (std::size_t i = 0; i < server.thread_count(); ++i)
+      net::post(server.context(i), [&server, i] { server.thread_ctx(i).pools().prune(); });
+  });
 }
 
 net::awaitable<void> load_balancer::dispatch(exchange& ex, request_record& record) {

@@ -72,56 +72,73 @@ constexpr std::size_t small_leftover = 4096;
 // conn_limiter
 
 struct conn_limiter::waiter {
-  explicit waiter(const net::any_io_executor& ex, clock_type::time_point deadline)
-      : timer(ex, deadline) {}
+  waiter(const net::any_io_executor& ex, clock_type::time_point deadline, std::size_t n)
+      : timer(ex, deadline), needed(n) {}
   net::steady_timer timer;
-  bool granted = false;  // guarded by the limiter's mutex
+  std::size_t needed;      // slots still wanted; guarded by the limiter's mutex
+  bool granted = false;    // all of them were handed over; guarded by the limiter's mutex
 };
 
-bool conn_limiter::try_acquire() {
+bool conn_limiter::try_acquire(std::size_t n) {
   std::lock_guard lock(mutex_);
-  if (used_ < limit_) {
-    ++used_;
+  // Nobody jumps the queue: a waiter for two slots must not starve behind single takers.
+  if (waiters_.empty() && used_ + n <= limit_) {
+    used_ += n;
     return true;
   }
   return false;
 }
 
-net::awaitable<error_code> conn_limiter::acquire(clock_type::time_point deadline) {
-  if (try_acquire()) co_return error_code{};
-  auto w = std::make_shared<waiter>(co_await net::this_coro::executor, deadline);
+net::awaitable<error_code> conn_limiter::acquire(clock_type::time_point deadline, std::size_t n) {
+  if (try_acquire(n)) co_return error_code{};
+  auto w = std::make_shared<waiter>(co_await net::this_coro::executor, deadline, n);
   {
     std::lock_guard lock(mutex_);
-    if (used_ < limit_) {
-      ++used_;
+    if (waiters_.empty() && used_ + n <= limit_) {
+      used_ += n;
       co_return error_code{};
     }
+    // Free slots go to this waiter (it is handed more as they are released).
+    const std::size_t free_now = std::min(limit_ - std::min(used_, limit_), n);
+    used_ += free_now;
+    w->needed -= free_now;
     waiters_.push_back(w);
   }
+  notify_wait();
   // Woken by release() cancelling the timer, by the deadline, or by our own cancellation.
   co_await w->timer.async_wait(tuple_awaitable);
-  std::lock_guard lock(mutex_);
-  if (w->granted) co_return error_code{};
-  waiters_.remove(w);
+  std::size_t partial = 0;
+  {
+    std::lock_guard lock(mutex_);
+    if (w->granted) co_return error_code{};
+    waiters_.remove(w);
+    partial = n - w->needed;  // slots handed over before we gave up: given back below
+  }
+  release(partial);
   if (clock_type::now() < deadline) co_return net::error::operation_aborted;  // we were cancelled
   co_return upstream_errc::pool_exhausted;
 }
 
-void conn_limiter::release() {
-  std::shared_ptr<waiter> w;
+void conn_limiter::release(std::size_t n) {
+  std::vector<std::shared_ptr<waiter>> woken;
   {
     std::lock_guard lock(mutex_);
-    if (waiters_.empty()) {
-      --used_;
-      return;
+    // Each slot goes straight to the longest waiter; `used_` drops only when nobody waits.
+    for (; n > 0; --n) {
+      if (waiters_.empty()) {
+        used_ -= n;
+        break;
+      }
+      auto& front = waiters_.front();
+      if (--front->needed == 0) {
+        front->granted = true;
+        woken.push_back(std::move(front));
+        waiters_.pop_front();
+      }
     }
-    // Hand the slot straight to the longest waiter; `used_` stays the same.
-    w = std::move(waiters_.front());
-    waiters_.pop_front();
-    w->granted = true;
   }
-  // The timer belongs to the waiter's thread: cancel it there. The shared_ptr keeps it alive.
-  net::post(w->timer.get_executor(), [w] { w->timer.cancel(); });
+  // A timer belongs to its waiter's thread: cancel it there. The shared_ptr keeps it alive.
+  for (auto& w : woken) net::post(w->timer.get_executor(), [w] { w->timer.cancel(); });
 }
 
 std::size_t conn_limiter::used() const {
@@ -154,7 +171,10 @@ struct upstream_host::impl {
   std::vector<tcp::endpoint> endpoints;  // cached resolution
 
   impl(worker_url u, std::size_t per_host, std::shared_ptr<conn_limiter> g, upstream_options o)
-      : url(std::move(u)), opts(o), host_limit(per_host), global_limit(std::move(g)) {}
+      : url(std::move(u)), opts(o), host_limit(per_host), global_limit(std::move(g)) {
+    // Idle connections hold slots of both limiters: the global one's owner reclaims them.
+    host_limit.on_wait([global = global_limit.get()] { global->notify_wait(); });
+  }
 
   void on_closed() {
     open.fetch_sub(1, std::memory_order_relaxed);
@@ -179,6 +199,7 @@ struct pooled_conn {
   lazy_deadline deadline;  // the response timeout of each wait for the worker
   beast::flat_buffer buffer;
   bool drained = false;  // the last body read left the socket empty (see read_some)
+  bool connected = false;  // false until connected, and again after a stale keep-alive was closed
   clock_type::time_point idle_since;
   std::shared_ptr<upstream_host::impl> host;  // its slots are freed when the connection closes
 };
@@ -230,7 +251,9 @@ void upstream_pools::prune() {
   for (auto it = impl_->idle.begin(); it != impl_->idle.end();) {
     auto& list = it->second;
     const upstream_host::impl& host = *it->first;
-    if (host.retired.load(std::memory_order_relaxed)) {
+    // A connection parked before somebody began to wait for a slot holds one the waiter needs.
+    if (host.retired.load(std::memory_order_relaxed) || host.host_limit.has_waiters() ||
+        host.global_limit->has_waiters()) {
       list.clear();
     } else {
       auto first_fresh = std::find_if(list.begin(), list.end(), [&](const auto& c) {
@@ -313,6 +336,7 @@ struct upstream_call::impl {
   upstream_host::impl& host;
   thread_context& ctx;
   std::unique_ptr<pooled_conn> conn;
+  bool own_slots = false;  // slots taken for a connection not made yet (see reserve)
   std::optional<response_head_parser> parser;
   bool body_done = false;
   unsigned status = 0;  // kept after release(), like content_type
@@ -320,6 +344,7 @@ struct upstream_call::impl {
 
   impl(std::shared_ptr<upstream_host::impl> h, thread_context& c)
       : host_ref(std::move(h)), host(*host_ref), ctx(c) {}
+  ~impl() { unreserve(); }
 
   // The response timeout around one wait (see lazy_deadline).
   void arm_deadline() { conn->deadline.begin(host.opts.response_timeout); }
@@ -515,8 +540,34 @@ struct upstream_call::impl {
     co_return error_code{};
   }
 
-  // A new connection within the connector limits.
-  net::awaitable<error_code> connect(phase& where) {
+  // A connection to use, without waiting: an idle one, or the slots for a new one.
+  bool try_reserve() {
+    if (conn || own_slots) return true;
+    conn = take_idle();
+    if (conn) return true;
+    if (!host.host_limit.try_acquire()) return false;
+    if (!host.global_limit->try_acquire()) {
+      host.host_limit.release();
+      return false;
+    }
+    own_slots = true;
+    return true;
+  }
+
+  // Gives back what try_reserve() took (an idle connection is closed: its slots may be awaited).
+  void unreserve() {
+    conn.reset();
+    if (own_slots) {
+      host.host_limit.release();
+      host.global_limit->release();
+      own_slots = false;
+    }
+  }
+
+  // A connection to use, waiting for slots if needed: the worker's, then a global one (the order of
+  // reserve_pair too).
+  net::awaitable<error_code> reserve(phase& where) {
+    if (try_reserve()) co_return error_code{};
     where = phase::acquire;
     auto deadline = clock_type::now() + host.opts.response_timeout;
     if (auto ec = co_await host.host_limit.acquire(deadline)) co_return ec;
@@ -524,8 +575,19 @@ struct upstream_call::impl {
       host.host_limit.release();
       co_return ec;
     }
-    // From here the slots belong to the connection object and are freed with it.
-    conn = std::make_unique<pooled_conn>(co_await net::this_coro::executor, host_ref);
+    own_slots = true;
+    co_return error_code{};
+  }
+
+  // Connects the reserved connection if it is not: made on the slots held, or made anew on those of
+  // a stale keep-alive (no slot is given up and waited for again between the two).
+  net::awaitable<error_code> open(phase& where) {
+    if (!conn) {
+      // From here the slots belong to the connection object and are freed with it.
+      conn = std::make_unique<pooled_conn>(co_await net::this_coro::executor, host_ref);
+      own_slots = false;
+    }
+    if (conn->connected) co_return error_code{};
     where = phase::connect;
     std::vector<tcp::endpoint> endpoints;
     if (auto ec = co_await resolve(endpoints)) co_return ec;
@@ -537,6 +599,7 @@ struct upstream_call::impl {
       host.endpoints.clear();
       co_return ec;
     }
+    conn->connected = true;
     host.connects.fetch_add(1, std::memory_order_relaxed);  // beside `open`'s, once per connection
     error_code ignored;
     conn->stream.socket().set_option(tcp::no_delay(true), ignored);
@@ -544,7 +607,55 @@ struct upstream_call::impl {
     conn->stream.socket().non_blocking(true, ignored);
     co_return error_code{};
   }
+
+  // A pooled connection the worker closed while it was idle: the same slots, a new socket.
+  void forget_stale() {
+    error_code ignored;
+    conn->stream.socket().close(ignored);
+    conn->buffer.clear();
+    conn->drained = false;
+    conn->connected = false;
+  }
 };
+
+namespace {
+
+// One slot of each limiter (two of one named twice), taken in address order: whoever takes several
+// takes them in one order, so nobody holds a slot while waiting for one that a waiter for theirs holds.
+net::awaitable<error_code> acquire_both(conn_limiter* a, conn_limiter* b, clock_type::time_point deadline) {
+  if (a == b) co_return co_await a->acquire(deadline, 2);
+  if (b < a) std::swap(a, b);
+  if (auto ec = co_await a->acquire(deadline)) co_return ec;
+  if (auto ec = co_await b->acquire(deadline)) {
+    a->release();
+    co_return ec;
+  }
+  co_return error_code{};
+}
+
+}  // namespace
+
+net::awaitable<error_code> upstream_call::reserve_pair(upstream_call& first, upstream_call& second) {
+  auto& x = *first.impl_;
+  auto& y = *second.impl_;
+  if (x.try_reserve() && y.try_reserve()) co_return error_code{};
+  // Some slot must be waited for. Nothing is held meanwhile but the slots taken in the one order of
+  // every waiter (the workers' in address order, then the global ones together): two requests that
+  // each held one connection and waited for a second could otherwise wait for each other until the
+  // timeout, and a prefill holding a slot cannot finish before its decode has connected.
+  x.unreserve();
+  y.unreserve();
+  first.phase_ = second.phase_ = phase::acquire;
+  const auto deadline = clock_type::now() + x.host.opts.response_timeout;
+  if (auto ec = co_await acquire_both(&x.host.host_limit, &y.host.host_limit, deadline)) co_return ec;
+  if (auto ec = co_await acquire_both(x.host.global_limit.get(), y.host.global_limit.get(), deadline)) {
+    x.host.host_limit.release();
+    y.host.host_limit.release();
+    co_return ec;
+  }
+  x.own_slots = y.own_slots = true;
+  co_return error_code{};
+}
 
 upstream_call::upstream_call(upstream_host& host, thread_context& ctx)
     : impl_(std::make_unique<impl>(host.impl_, ctx)) {}
@@ -584,23 +695,22 @@ net::awaitable<error_code> upstream_call::start(std::string_view method, std::st
   }
   head += "\r\n";
 
+  if (auto ec = co_await impl_->reserve(phase_)) co_return ec;
   for (int attempt = 0;; ++attempt) {
-    impl_->conn = impl_->take_idle();
-    bool reused = impl_->conn != nullptr;
-    if (!reused) {
-      if (auto ec = co_await impl_->connect(phase_)) {
-        impl_->conn.reset();
-        co_return ec;
-      }
+    const bool reused = impl_->conn && impl_->conn->connected;
+    if (auto ec = co_await impl_->open(phase_)) {
+      impl_->unreserve();
+      co_return ec;
     }
     auto& c = *impl_->conn;
     phase_ = phase::send;
     std::array<net::const_buffer, 2> bufs{net::buffer(head), net::buffer(body.data(), body.size())};
     if (auto wec = co_await impl_->send(bufs)) {
-      impl_->conn.reset();
-      if (reused && attempt == 0 && wec != beast::error::timeout &&
-          wec != net::error::operation_aborted)
-        continue;  // the worker closed this idle connection: try a fresh one
+      if (reused && attempt == 0 && wec != beast::error::timeout && wec != net::error::operation_aborted) {
+        impl_->forget_stale();  // the worker closed this idle connection: try a fresh one
+        continue;
+      }
+      impl_->unreserve();
       co_return wec;
     }
     phase_ = phase::header;
@@ -609,12 +719,14 @@ net::awaitable<error_code> upstream_call::start(std::string_view method, std::st
     impl_->parser->body_limit(boost::none);
     if (auto rec = co_await impl_->read_header()) {
       bool nothing_came = !impl_->parser->got_some() && c.buffer.size() == 0;
-      impl_->conn.reset();
       impl_->parser.reset();
       if (reused && attempt == 0 && nothing_came &&
           (rec == http::error::end_of_stream || rec == net::error::eof ||
-           rec == net::error::connection_reset || rec == net::error::broken_pipe))
-        continue;  // closed while idle, before our request was read
+           rec == net::error::connection_reset || rec == net::error::broken_pipe)) {
+        impl_->forget_stale();  // closed while idle, before our request was read
+        continue;
+      }
+      impl_->unreserve();
       if (rec.category() == http::make_error_code(http::error::bad_target).category() &&
           rec != http::error::end_of_stream && rec != http::error::partial_message)
         co_return upstream_errc::bad_response;
@@ -709,12 +821,12 @@ void upstream_call::release() {
       list.push_back(std::move(i.conn));
     }
   }
-  i.conn.reset();
+  i.unreserve();
   i.parser.reset();
 }
 
 void upstream_call::abort() {
-  impl_->conn.reset();
+  impl_->unreserve();
   impl_->parser.reset();
 }
 

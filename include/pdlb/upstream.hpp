@@ -15,6 +15,7 @@
 
 #include <atomic>
 #include <chrono>
+#include <functional>
 #include <memory>
 #include <mutex>
 #include <string>
@@ -39,21 +40,32 @@ enum class upstream_errc {
 const boost::system::error_category& upstream_category();
 error_code make_error_code(upstream_errc e);
 
-/// A counting semaphore for connection slots, awaitable from any thread's io_context.
+/// A counting semaphore for connection slots, awaitable from any thread's io_context. Waiters are
+/// served in order, each slot released going to the longest waiter, and one may wait for several
+/// slots at once: a PD request takes its two connections' slots together (see reserve_pair), so
+/// that requests holding one slot each never wait on each other.
 class conn_limiter {
  public:
   explicit conn_limiter(std::size_t limit) : limit_(limit) {}
-  /// Takes a slot if one is free.
-  bool try_acquire();
-  /// Waits for a slot until `deadline`: no error if one was taken, upstream_errc::pool_exhausted
-  /// at the deadline, operation_aborted if the wait was cancelled.
-  net::awaitable<error_code> acquire(std::chrono::steady_clock::time_point deadline);
-  /// Gives a slot back (to the longest waiter, if any).
-  void release();
+  /// Takes `n` slots if they are free and nobody waits.
+  bool try_acquire(std::size_t n = 1);
+  /// Waits for `n` slots until `deadline`: no error if they were taken, upstream_errc::pool_exhausted
+  /// at the deadline, operation_aborted if the wait was cancelled (nothing is kept then).
+  net::awaitable<error_code> acquire(std::chrono::steady_clock::time_point deadline, std::size_t n = 1);
+  /// Gives `n` slots back (to the longest waiters, if any).
+  void release(std::size_t n = 1);
   /// Slots in use.
   std::size_t used() const;
   /// True if somebody waits for a slot.
   bool has_waiters() const;
+  /// What to do each time somebody starts to wait (called on the waiting thread, without the lock):
+  /// have every thread close its idle connections holding slots that are waited for (see
+  /// upstream_pools::prune); otherwise one parked on another thread holds its slot until a prune.
+  /// Set before the limiter is used.
+  void on_wait(std::function<void()> f) { on_wait_ = std::move(f); }
+  void notify_wait() const {
+    if (on_wait_) on_wait_();
+  }
 
   struct waiter;
 
@@ -62,6 +74,7 @@ class conn_limiter {
   std::size_t limit_;
   std::size_t used_ = 0;
   std::list<std::shared_ptr<waiter>> waiters_;
+  std::function<void()> on_wait_;
 };
 
 /// Timeouts and limits for upstream calls.
@@ -110,7 +123,8 @@ class upstream_pools {
   /// Closes every idle connection (at shutdown).
   void close_all();
   /// Closes the connections idle longer than their worker's idle timeout (so that a quiet pdlb does
-  /// not hold sockets the workers have long closed), and all of those to retired workers.
+  /// not hold sockets the workers have long closed), and all of those to retired workers or holding
+  /// slots that somebody waits for.
   void prune();
   /// Idle connections held.
   std::size_t idle_count() const;
@@ -144,6 +158,10 @@ class upstream_call {
   upstream_call(const upstream_call&) = delete;
   upstream_call& operator=(const upstream_call&) = delete;
 
+  /// Reserves a connection for each of two calls made together (a PD request's legs, both needed
+  /// before either can finish): idle ones or slots for new ones, all or nothing, waiting if needed
+  /// (until the response timeout; the error of the wait otherwise). start() then uses them.
+  static net::awaitable<error_code> reserve_pair(upstream_call& first, upstream_call& second);
   /// Sends `method path` with `body` (JSON) and waits for the response header. `extra_headers` are
   /// preformatted "Name: value\r\n" lines (the request id, trace context).
   net::awaitable<error_code> start(std::string_view method, std::string_view path,

@@ -171,6 +171,8 @@ class worker_registry {
   bool drain(std::string_view url);
   /// Removes drained workers that have nothing in flight; call it now and then.
   void sweep();
+  /// The connector limit shared by every worker's connections.
+  conn_limiter& global_limit() { return *global_limit_; }
   /// Finds a listed worker by URL (draining ones included).
   std::shared_ptr<worker> find(std::string_view url) const;
 

@@ -232,11 +232,32 @@ TEST(HardeningAlone, WarnsWhenListeningBeyondLoopbackWithoutKeys) {
 }
 
 TEST(HardeningAlone, BurstAboveTheConnectorLimitWaitsForFreeConnections) {
-  auto c = cluster::start(1, 1, {"--connector-limit", "2", "--threads", "2"});
+  // Two connections for all: each request needs both at once (its prefill answers only after its
+  // decode has connected), so two requests holding one each would wait for each other until the
+  // timeout (503/504 here, within 5 s). Two threads take slots at the same moments.
+  auto c = cluster::start(1, 1, {"--connector-limit", "2", "--threads", "2", "--timeout", "5"});
+  for (int round = 0; round < 4; ++round) {
+    std::vector<std::future<http_response>> all;
+    for (int i = 0; i < 16; ++i)
+      all.push_back(std::async(std::launch::async, [&] { return c->post_raw("/generate", small_body); }));
+    for (auto& f : all) {
+      auto r = f.get();
+      EXPECT_EQ(r.status, 200u) << "round " << round << ": " << r.body;
+    }
+  }
+}
+
+TEST(HardeningAlone, PerWorkerLimitsOfOneServeEveryRequestOfABurstInTurn) {
+  // One connection per worker, two pairs: the legs of different requests take the workers' slots
+  // in one order, so none holds one worker while waiting for another held by a waiter for its own.
+  auto c = cluster::start(2, 2, {"--connector-limit-per-host", "1", "--threads", "2", "--timeout", "5"});
   std::vector<std::future<http_response>> all;
-  for (int i = 0; i < 16; ++i)
+  for (int i = 0; i < 24; ++i)
     all.push_back(std::async(std::launch::async, [&] { return c->post_raw("/generate", small_body); }));
-  for (auto& f : all) EXPECT_EQ(f.get().status, 200u);
+  for (auto& f : all) {
+    auto r = f.get();
+    EXPECT_EQ(r.status, 200u) << r.body;
+  }
 }
 
 TEST(HardeningAlone, NoFreeConnectionBeforeTheTimeoutGives503) {

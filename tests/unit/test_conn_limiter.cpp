@@ -78,4 +78,45 @@ TEST(ConnLimiter, ACancelledWaiterReportsOperationAbortedAndLeavesTheQueue) {
   EXPECT_EQ(l.used(), 0u);
 }
 
+TEST(ConnLimiter, AWaiterForTwoSlotsCollectsThemInTurnAndNobodyJumpsTheQueue) {
+  net::io_context ioc;
+  pdlb::conn_limiter l(2);
+  ASSERT_TRUE(l.try_acquire(2));
+  std::optional<pdlb::error_code> pair, single;
+  net::co_spawn(ioc, l.acquire(clock_type::now() + 10s, 2), [&](std::exception_ptr, pdlb::error_code ec) { pair = ec; });
+  ioc.poll();
+  net::co_spawn(ioc, l.acquire(clock_type::now() + 10s), [&](std::exception_ptr, pdlb::error_code ec) { single = ec; });
+  ioc.poll();
+  l.release();  // one slot: the pair waiter holds it and still waits; the single one waits behind it
+  ioc.poll();
+  EXPECT_FALSE(pair.has_value());
+  EXPECT_FALSE(single.has_value());
+  EXPECT_FALSE(l.try_acquire()) << "a free-for-all taker would starve the waiter for two";
+  l.release();
+  ioc.run_for(1s);
+  ASSERT_TRUE(pair.has_value());
+  EXPECT_FALSE(*pair);
+  EXPECT_FALSE(single.has_value());
+  l.release(2);  // the pair is done: one slot to the single waiter, one free
+  ioc.run_for(1s);
+  ASSERT_TRUE(single.has_value());
+  EXPECT_FALSE(*single);
+  EXPECT_EQ(l.used(), 1u);
+}
+
+TEST(ConnLimiter, AWaiterForTwoThatGivesUpReturnsTheSlotItWasHanded) {
+  net::io_context ioc;
+  pdlb::conn_limiter l(2);
+  ASSERT_TRUE(l.try_acquire(2));
+  std::optional<pdlb::error_code> got;
+  net::co_spawn(ioc, l.acquire(clock_type::now() + 100ms, 2), [&](std::exception_ptr, pdlb::error_code ec) { got = ec; });
+  ioc.poll();
+  l.release();  // handed to the waiter, which never gets its second one
+  ioc.run_for(2s);
+  ASSERT_TRUE(got.has_value());
+  EXPECT_EQ(*got, pdlb::upstream_errc::pool_exhausted);
+  EXPECT_EQ(l.used(), 1u) << "the slot handed to the waiter went back";
+  EXPECT_TRUE(l.try_acquire());
+}
+
 }  // namespace
