@@ -3,11 +3,13 @@
 // every kind under 200 concurrent streams.
 #include "integration/cluster.hpp"
 #include "integration/dns_server.hpp"
+#include "common/notify_socket.hpp"
 
 #include <gmock/gmock.h>
 
 #include <csignal>
 #include <cstdio>
+#include <regex>
 #include <thread>
 
 namespace pdlb::test {
@@ -234,6 +236,23 @@ TEST(Discovery, AFailingDnsServerKeepsTheWorkersItFound) {
 
 // --- issue 11's "done when": membership changes under load ---------------------------------------
 
+// pdlb-bench's JSON report: the last object it printed.
+std::string bench_report(child_process& bench) {
+  const auto out = bench.output();
+  const auto brace = out.rfind("\n{");
+  return out.substr(brace == std::string::npos ? 0 : brace + 1);
+}
+
+// A worker that pdlb stopped picking after it had given it `given` requests: it got no other, and
+// every one of them finished whole.
+void expect_drained_whole(sim_worker& w, int given) {
+  auto s = w.wait("active=0", 10s);
+  EXPECT_EQ(s["received"], given) << w.url() << " got a request after its removal: " << s.dump();
+  EXPECT_EQ(s["finished"], s["received"]) << s.dump();
+  EXPECT_EQ(s["aborted"], 0) << s.dump();
+  EXPECT_EQ(s["failed"], 0) << s.dump();
+}
+
 TEST(UnderLoad, AddingRemovingAndDnsChangesFailNoneOfTwoHundredConcurrentStreams) {
   // Decode steps of 25 ms and 16 tokens: a stream lasts about 0.4 s, so 200 at a time keep every
   // worker busy without the 2 cores spending all their time on events.
@@ -279,12 +298,7 @@ TEST(UnderLoad, AddingRemovingAndDnsChangesFailNoneOfTwoHundredConcurrentStreams
   EXPECT_TRUE(bench.running()) << "the load ended before the changes were done: the test proves nothing";
 
   ASSERT_TRUE(bench.wait_exit(60s).has_value()) << "pdlb-bench did not finish";
-  std::string report;
-  {
-    const auto out = bench.output();
-    const auto brace = out.rfind("\n{");
-    report = out.substr(brace == std::string::npos ? 0 : brace + 1);
-  }
+  const std::string report = bench_report(bench);
   auto result = parse_json(report);
   std::printf("pdlb-bench under membership changes: %s completed, %s failed, %s s; removed worker: %d requests, "
               "DNS-removed worker: %d\n",
@@ -297,14 +311,65 @@ TEST(UnderLoad, AddingRemovingAndDnsChangesFailNoneOfTwoHundredConcurrentStreams
   // stream they had finished whole (none aborted or failed).
   EXPECT_GT(added->stats()["finished"].get<int>(), 0);
   EXPECT_GT(dns_new->stats()["finished"].get<int>(), 0);
-  for (auto [w, given] : {std::pair{removed.get(), removed_requests}, std::pair{dns_old.get(), dns_old_requests}}) {
-    auto s = w->wait("active=0", 10s);
-    EXPECT_EQ(s["received"], given) << w->url() << " got a request after its removal: " << s.dump();
-    EXPECT_EQ(s["finished"], s["received"]) << s.dump();
-    EXPECT_EQ(s["aborted"], 0) << s.dump();
-    EXPECT_EQ(s["failed"], 0) << s.dump();
-  }
+  expect_drained_whole(*removed, removed_requests);
+  expect_drained_whole(*dns_old, dns_old_requests);
   EXPECT_TRUE(listed(lb_port, removed->url()).is_null()) << "a drained worker stayed listed";
+}
+
+// --- issue 12's "done when": the config file's worker lists changed under load, then a broken file --
+
+TEST(UnderLoad, ASighupWithChangedWorkerListsFailsNoneOfTwoHundredStreamsAndABrokenFileChangesNothing) {
+  auto sim_args = fast_sim_args();
+  sim_args.insert(sim_args.end(), {"--step-base-ms", "25"});
+  auto p = sim_worker::start("prefill", sim_args);
+  auto keep = sim_worker::start("decode", sim_args);
+  auto removed = sim_worker::start("decode", sim_args);
+  auto added = sim_worker::start("decode", sim_args);
+  auto toml = [&](const std::vector<sim_worker*>& decode) {
+    std::string s = "log-interval = 0\npolicy = \"po2\"\n[[prefill]]\nurl = \"" + p->url() +
+                    "\"\nbootstrap_port = " + std::to_string(p->bootstrap_port()) + "\n";
+    for (auto* d : decode) s += "[[decode]]\nurl = \"" + d->url() + "\"\n";
+    return s;
+  };
+  temp_dir dir;
+  const auto file = dir.write("pdlb.toml", toml({keep.get(), removed.get()}));
+  auto lb = pdlb_process::start({"--config", file});
+  const auto lb_port = lb->port();
+
+  child_process bench({PDLB_BENCH_BIN, "--url", "http://127.0.0.1:" + std::to_string(lb_port), "--stream",
+                       "--concurrency", "200", "--duration", "8", "--output-tokens", "16", "--timeout", "30",
+                       "--json"});
+  for (auto* w : {keep.get(), removed.get()}) w->wait("min_running=5", 20s);
+
+  dir.write("pdlb.toml", toml({keep.get(), added.get()}));
+  auto from = lb->process().line_count();
+  lb->process().signal(SIGHUP);
+  ASSERT_TRUE(lb->process().wait_for_line(std::regex("reload: applied"), 10s, from)) << lb->process().output();
+  auto gone = await_entry(lb_port, removed->url(), [](const json& e) { return e.is_null() || is_state(e, "draining"); });
+  const auto removed_requests = gone.is_null() ? removed->stats()["received"].get<int>() : gone["requests"].get<int>();
+  await_entry(lb_port, added->url(), [](const json& e) { return is_state(e, "available"); });
+
+  // A broken file while the streams run: refused, and the workers stay as they are.
+  dir.write("pdlb.toml", "max-retries = \"two\"\n" + toml({added.get()}));
+  from = lb->process().line_count();
+  lb->process().signal(SIGHUP);
+  ASSERT_TRUE(lb->process().wait_for_line(std::regex("reload refused"), 10s, from)) << lb->process().output();
+  EXPECT_TRUE(is_state(listed(lb_port, keep->url()), "available")) << "a refused file removed a worker";
+  EXPECT_TRUE(bench.running()) << "the load ended before the changes were done: the test proves nothing";
+
+  ASSERT_TRUE(bench.wait_exit(60s).has_value()) << "pdlb-bench did not finish";
+  const std::string report = bench_report(bench);
+  auto result = parse_json(report);
+  std::printf("pdlb-bench across a SIGHUP that changes the workers: %s completed, %s failed; removed worker: %d "
+              "requests\n",
+              result["completed"].dump().c_str(), result["failed"].dump().c_str(), removed_requests);
+  EXPECT_EQ(result["failed"], 0) << report;
+  EXPECT_GT(result["completed"].get<int>(), 400) << report;
+  EXPECT_GT(added->stats()["finished"].get<int>(), 0) << "the worker the file added took no stream";
+  EXPECT_GT(keep->stats()["finished"].get<int>(), 0);
+  expect_drained_whole(*removed, removed_requests);
+  EXPECT_TRUE(await_entry(lb_port, removed->url(), [](const json& e) { return e.is_null(); }).is_null())
+      << "a drained worker stayed listed";
 }
 
 }  // namespace
