@@ -50,6 +50,18 @@ double value(const samples& s, const std::string& key) {
   return it == s.end() ? 0 : it->second;
 }
 
+// A scrape once only the scrape itself is in flight (within 5 s): requests whose client has its
+// answer are then counted.
+samples scrape_when_idle(cluster& c) {
+  samples s;
+  for (int i = 0; i < 500; ++i) {
+    s = scrape(c);
+    if (value(s, "pdlb_requests_in_flight") == 1) break;
+    std::this_thread::sleep_for(10ms);
+  }
+  return s;
+}
+
 bool have_promtool() { return std::system("command -v promtool >/dev/null 2>&1") == 0; }
 
 // Runs `promtool check metrics` on `text`; "" if it passed, else why not.
@@ -118,7 +130,9 @@ TEST(Metrics, CountersAndHistogramCountsMoveByExactlyWhatHappened) {
   for (auto p = stream.body.find("\n\n"); p != std::string::npos; p = stream.body.find("\n\n", p + 2)) ++events;
   ASSERT_GE(events, 5u) << stream.body;  // four tokens and [DONE]
 
-  auto mid = scrape(*c);
+  // A request is counted as its handler ends, just after the client has its last byte.
+  auto mid = scrape_when_idle(*c);
+  EXPECT_EQ(value(mid, "pdlb_requests_in_flight"), 1);
   EXPECT_EQ(value(mid, gen("2xx")) - value(before, gen("2xx")), 5);
   EXPECT_EQ(value(mid, gen("5xx")), 0);
   EXPECT_EQ(value(mid, "pdlb_request_duration_seconds_count{route=\"/generate\"}"), 5);
@@ -156,14 +170,8 @@ TEST(Metrics, CountersAndHistogramCountsMoveByExactlyWhatHappened) {
     conn.close();
   }
   ASSERT_TRUE(sim_wait(d, "active=0&min_aborted=1", 10s)) << d.stats().dump();
-  // pdlb's handler ends right after it closes the decode's connection: wait until only the
-  // scrape itself is in flight.
-  samples after;
-  for (int i = 0; i < 500; ++i) {
-    after = scrape(*c);
-    if (value(after, "pdlb_requests_in_flight") == 1) break;
-    std::this_thread::sleep_for(10ms);
-  }
+  // pdlb's handler ends right after it closes the decode's connection.
+  samples after = scrape_when_idle(*c);
   EXPECT_EQ(value(after, "pdlb_requests_in_flight"), 1);
   EXPECT_EQ(value(after, "pdlb_client_disconnects_total"), 1);
   EXPECT_EQ(value(after, gen("2xx")), 6);  // its status line went out
