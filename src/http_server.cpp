@@ -247,22 +247,24 @@ class exchange_impl final : public exchange {
   }
 
   net::awaitable<error_code> write_chunk(std::string_view data) override {
-    if (auto ec = put_chunk(data)) co_return ec;
+    if (auto ec = put_chunk(data, {})) co_return ec;
     co_return co_await flush();
   }
 
-  error_code put_chunk(std::string_view data) override {
+  error_code put_chunk(std::string_view data, std::string_view more) override {
     if (head_ && streaming_) return error_code{};
     if (!streaming_ || stream_ended_) return net::error::operation_not_supported;
-    if (data.empty()) return error_code{};
+    const std::size_t size = data.size() + more.size();
+    if (size == 0) return error_code{};
     if (body_bytes_ == 0) first_body_byte_at_ = std::chrono::steady_clock::now();
-    body_bytes_ += data.size();
-    if (http10_) return put(std::array<net::const_buffer, 1>{net::buffer(data.data(), data.size())});
+    body_bytes_ += size;
+    if (http10_)
+      return put(std::array<net::const_buffer, 2>{net::buffer(data.data(), data.size()),
+                                                  net::buffer(more.data(), more.size())});
     char size_line[20];
-    std::size_t len = format_chunk_size(data.size(), size_line);
-    std::array<net::const_buffer, 3> bufs{net::buffer(size_line, len),
-                                          net::buffer(data.data(), data.size()),
-                                          net::buffer("\r\n", 2)};
+    std::size_t len = format_chunk_size(size, size_line);
+    std::array<net::const_buffer, 4> bufs{net::buffer(size_line, len), net::buffer(data.data(), data.size()),
+                                          net::buffer(more.data(), more.size()), net::buffer("\r\n", 2)};
     return put(bufs);
   }
 

@@ -152,9 +152,21 @@ bool is_done_payload(std::string_view data) {
   return data == "[DONE]";
 }
 
-std::size_t count_event_ends(std::string_view bytes) {
+std::size_t count_event_ends(std::string_view bytes) { return event_end_counter().feed(bytes); }
+
+std::size_t event_end_counter::feed(std::string_view bytes) {
+  if (bytes.empty()) return 0;
   std::size_t n = 0;
-  for (auto pos = bytes.find("\n\n"); pos != std::string_view::npos; pos = bytes.find("\n\n", pos + 2)) ++n;
+  std::size_t counted_to = 0;  // just past the last terminator counted
+  if (lf_open_ && bytes[0] == '\n') {
+    n = 1;
+    counted_to = 1;
+  }
+  for (auto pos = bytes.find("\n\n", counted_to); pos != std::string_view::npos; pos = bytes.find("\n\n", pos + 2)) {
+    ++n;
+    counted_to = pos + 2;
+  }
+  lf_open_ = bytes.back() == '\n' && counted_to < bytes.size();
   return n;
 }
 

@@ -4,28 +4,36 @@
 
 namespace pdlb {
 
-std::string_view stream_relay::feed(std::string_view bytes, bool end) {
+relay_output stream_relay::feed(std::string_view bytes, bool end) {
   return prefill_ ? feed_merging(bytes, end) : feed_plain(bytes, end);
 }
 
-// Whole events are forwarded straight from `bytes` when nothing is held (the usual case: one event
-// per read), so the common path copies nothing.
-std::string_view stream_relay::feed_plain(std::string_view bytes, bool end) {
-  if (pending_.empty()) {
-    const std::size_t whole = end ? bytes.size() : complete_prefix_length(bytes);
+// Whole events are forwarded straight from `bytes`; only a partial event is copied (held back), and
+// when one was held, the output starts with it (its rest is at the start of `bytes`).
+relay_output stream_relay::feed_plain(std::string_view bytes, bool end) {
+  // The last event end in `bytes`. Found past its first 4 bytes, it is the last one in the held bytes
+  // and `bytes` together: the walk back looks at most 3 bytes behind a line end.
+  const std::size_t whole = end ? bytes.size() : complete_prefix_length(bytes);
+  if (end || whole > 4 || (pending_.empty() && whole > 0)) {
+    out_.swap(pending_);  // the held bytes, if any, valid until the next call
     pending_.assign(bytes.substr(whole));
-    return bytes.substr(0, whole);
+    return {out_, bytes.substr(0, whole)};
   }
-  // Bytes were held back: the returned events start with them. out_ keeps them valid until the
-  // next call while pending_ takes the new partial tail.
+  if (pending_.empty()) {
+    pending_.assign(bytes);  // no event ends here
+    return {};
+  }
+  // An event may end in the first bytes, depending on the held ones: look at them together (this
+  // copies `bytes`, at most a partial event beyond those 4 bytes, which would be held anyway).
+  const std::size_t searched = pending_.size() > 3 ? pending_.size() - 3 : 0;
   pending_.append(bytes);
-  const std::size_t whole = end ? pending_.size() : complete_prefix_length(pending_);
-  out_.assign(pending_, 0, whole);
-  pending_.erase(0, whole);
-  return out_;
+  const std::size_t joint = complete_prefix_length(pending_, searched);
+  out_.assign(pending_, 0, joint);
+  pending_.erase(0, joint);
+  return {out_, {}};
 }
 
-std::string_view stream_relay::feed_merging(std::string_view bytes, bool end) {
+relay_output stream_relay::feed_merging(std::string_view bytes, bool end) {
   splitter_.feed(bytes);
   out_.clear();
   while (auto ev = splitter_.next_event()) {
@@ -44,7 +52,7 @@ std::string_view stream_relay::feed_merging(std::string_view bytes, bool end) {
     out_.append(splitter_.pending());
     splitter_.clear();
   }
-  return out_;
+  return {out_, {}};
 }
 
 std::string stream_relay::fail(std::string_view message) {

@@ -103,6 +103,7 @@ net::awaitable<error_code> conn_limiter::acquire(clock_type::time_point deadline
     used_ += free_now;
     w->needed -= free_now;
     waiters_.push_back(w);
+    waiting_.store(waiters_.size(), std::memory_order_relaxed);
   }
   notify_wait();
   // Woken by release() cancelling the timer, by the deadline, or by our own cancellation.
@@ -112,6 +113,7 @@ net::awaitable<error_code> conn_limiter::acquire(clock_type::time_point deadline
     std::lock_guard lock(mutex_);
     if (w->granted) co_return error_code{};
     waiters_.remove(w);
+    waiting_.store(waiters_.size(), std::memory_order_relaxed);
     partial = n - w->needed;  // slots handed over before we gave up: given back below
   }
   release(partial);
@@ -134,6 +136,7 @@ void conn_limiter::release(std::size_t n) {
         front->granted = true;
         woken.push_back(std::move(front));
         waiters_.pop_front();
+        waiting_.store(waiters_.size(), std::memory_order_relaxed);
       }
     }
   }
@@ -147,8 +150,9 @@ std::size_t conn_limiter::used() const {
 }
 
 bool conn_limiter::has_waiters() const {
-  std::lock_guard lock(mutex_);
-  return !waiters_.empty();
+  // Read without the lock (twice per request, as a connection is returned): a waiter that comes
+  // just after is served by its on_wait prune, which closes the connection parked meanwhile.
+  return waiting_.load(std::memory_order_relaxed) != 0;
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -564,10 +568,9 @@ struct upstream_call::impl {
     }
   }
 
-  // A connection to use, waiting for slots if needed: the worker's, then a global one (the order of
-  // reserve_pair too).
-  net::awaitable<error_code> reserve(phase& where) {
-    if (try_reserve()) co_return error_code{};
+  // Slots for a new connection when try_reserve() found none: waits for the worker's, then a global
+  // one (the order of reserve_pair too).
+  net::awaitable<error_code> wait_for_slots(phase& where) {
     where = phase::acquire;
     auto deadline = clock_type::now() + host.opts.response_timeout;
     if (auto ec = co_await host.host_limit.acquire(deadline)) co_return ec;
@@ -579,15 +582,17 @@ struct upstream_call::impl {
     co_return error_code{};
   }
 
-  // Connects the reserved connection if it is not: made on the slots held, or made anew on those of
-  // a stale keep-alive (no slot is given up and waited for again between the two).
+  // True if the reserved connection is ready to send on (a connected idle one).
+  bool ready() const { return conn && conn->connected; }
+
+  // Connects the reserved connection: made on the slots held, or made anew on those of a stale
+  // keep-alive (no slot is given up and waited for again between the two).
   net::awaitable<error_code> open(phase& where) {
     if (!conn) {
       // From here the slots belong to the connection object and are freed with it.
       conn = std::make_unique<pooled_conn>(co_await net::this_coro::executor, host_ref);
       own_slots = false;
     }
-    if (conn->connected) co_return error_code{};
     where = phase::connect;
     std::vector<tcp::endpoint> endpoints;
     if (auto ec = co_await resolve(endpoints)) co_return ec;
@@ -634,6 +639,10 @@ net::awaitable<error_code> acquire_both(conn_limiter* a, conn_limiter* b, clock_
 }
 
 }  // namespace
+
+bool upstream_call::try_reserve_pair(upstream_call& first, upstream_call& second) {
+  return first.impl_->try_reserve() && second.impl_->try_reserve();
+}
 
 net::awaitable<error_code> upstream_call::reserve_pair(upstream_call& first, upstream_call& second) {
   auto& x = *first.impl_;
@@ -695,12 +704,17 @@ net::awaitable<error_code> upstream_call::start(std::string_view method, std::st
   }
   head += "\r\n";
 
-  if (auto ec = co_await impl_->reserve(phase_)) co_return ec;
+  // Only a wait for a slot or a new connection suspends here (each is a coroutine frame).
+  if (!impl_->try_reserve()) {
+    if (auto ec = co_await impl_->wait_for_slots(phase_)) co_return ec;
+  }
   for (int attempt = 0;; ++attempt) {
-    const bool reused = impl_->conn && impl_->conn->connected;
-    if (auto ec = co_await impl_->open(phase_)) {
-      impl_->unreserve();
-      co_return ec;
+    const bool reused = impl_->ready();
+    if (!reused) {
+      if (auto ec = co_await impl_->open(phase_)) {
+        impl_->unreserve();
+        co_return ec;
+      }
     }
     auto& c = *impl_->conn;
     phase_ = phase::send;

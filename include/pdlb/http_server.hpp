@@ -85,8 +85,9 @@ class exchange {
   virtual net::awaitable<error_code> write_chunk(std::string_view data) = 0;
   /// Starts sending one piece of a streamed response without suspending: what the socket does not
   /// take at once is copied, so `data` is free again when this returns. flush() then waits until
-  /// the piece is written. A failure means the client is gone.
-  virtual error_code put_chunk(std::string_view data) = 0;
+  /// the piece is written. A failure means the client is gone. `more` continues the same piece (one
+  /// chunk of both), so that two buffers need not be joined first.
+  virtual error_code put_chunk(std::string_view data, std::string_view more) = 0;
   /// Waits until what put_chunk() copied is written (at once if nothing was).
   virtual net::awaitable<error_code> flush() = 0;
   /// Ends a streamed response.

@@ -54,6 +54,16 @@ std::optional<std::string> event_data(std::string_view event);
 /// ended by CRLF pairs are not counted), for the relay's event counter.
 std::size_t count_event_ends(std::string_view bytes);
 
+/// count_event_ends across the pieces of one stream: the sum of feed() over pieces is the count of
+/// their concatenation, however it is cut.
+class event_end_counter {
+ public:
+  std::size_t feed(std::string_view bytes);
+
+ private:
+  bool lf_open_ = false;  // the last byte fed is a LF that a LF next would make a terminator
+};
+
 /// True for the "[DONE]" sentinel that ends OpenAI-style and SGLang streams.
 bool is_done_payload(std::string_view data);
 

@@ -16,6 +16,17 @@
 
 namespace pdlb {
 
+/// What the relay says to write now: `head`, then `tail`, as one piece. The head is what was held
+/// back (the start of an event the new bytes complete), the tail a view into the bytes just fed, so
+/// that a large read is forwarded without being copied.
+struct relay_output {
+  std::string_view head;
+  std::string_view tail;
+  std::size_t size() const { return head.size() + tail.size(); }
+  bool empty() const { return size() == 0; }
+  std::string str() const { return std::string(head).append(tail); }
+};
+
 class stream_relay {
  public:
   /// `prefill`: logprobs to merge into every event (must outlive the relay), or null to forward
@@ -23,9 +34,9 @@ class stream_relay {
   explicit stream_relay(const prefill_logprobs* prefill = nullptr) : prefill_(prefill) {}
 
   /// Takes the next bytes of the decode's body and returns what to write now: every event that
-  /// they complete, or, when `end` is true, everything held. The view stays valid until the next
-  /// call, and may point into `bytes`.
-  std::string_view feed(std::string_view bytes, bool end);
+  /// they complete, or, when `end` is true, everything held. The views stay valid until the next
+  /// call; the tail points into `bytes`.
+  relay_output feed(std::string_view bytes, bool end);
 
   /// What ends a stream that failed after the client got its status line: an error event. A
   /// partial event held back is dropped. The relay is not used after this.
@@ -35,13 +46,13 @@ class stream_relay {
   std::size_t held() const;
 
  private:
-  std::string_view feed_plain(std::string_view bytes, bool end);
-  std::string_view feed_merging(std::string_view bytes, bool end);
+  relay_output feed_plain(std::string_view bytes, bool end);
+  relay_output feed_merging(std::string_view bytes, bool end);
 
   const prefill_logprobs* prefill_;
   std::string pending_;   // plain relay: a partial event
   sse_splitter splitter_;  // merging relay: events one by one
-  std::string out_;        // merging relay: what feed() returns
+  std::string out_;        // what feed() returns as its head
 };
 
 /// Reads the prefill worker's stream for its input-token logprobs (the events go nowhere).

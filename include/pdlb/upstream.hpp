@@ -74,6 +74,7 @@ class conn_limiter {
   std::size_t limit_;
   std::size_t used_ = 0;
   std::list<std::shared_ptr<waiter>> waiters_;
+  std::atomic<std::size_t> waiting_{0};  // waiters_.size(), written under the mutex
   std::function<void()> on_wait_;
 };
 
@@ -162,6 +163,9 @@ class upstream_call {
   /// before either can finish): idle ones or slots for new ones, all or nothing, waiting if needed
   /// (until the response timeout; the error of the wait otherwise). start() then uses them.
   static net::awaitable<error_code> reserve_pair(upstream_call& first, upstream_call& second);
+  /// reserve_pair without waiting (no coroutine frame: the usual case). False if one must wait;
+  /// what it took is kept for reserve_pair to give back.
+  static bool try_reserve_pair(upstream_call& first, upstream_call& second);
   /// Sends `method path` with `body` (JSON) and waits for the response header. `extra_headers` are
   /// preformatted "Name: value\r\n" lines (the request id, trace context).
   net::awaitable<error_code> start(std::string_view method, std::string_view path,

@@ -4,6 +4,8 @@
 
 #include <gtest/gtest.h>
 
+#include <string>
+
 namespace pdlb {
 namespace {
 
@@ -69,6 +71,32 @@ TEST(Sse, EventEndsAreCounted) {
   EXPECT_EQ(count_event_ends("data: a\n\ndata: b\n\n"), 2u);
   EXPECT_EQ(count_event_ends("data: a\n\ndata: b\n"), 1u);
   EXPECT_EQ(count_event_ends("data: [DONE]\n\n"), 1u);
+}
+
+TEST(Sse, EventEndsCountedPieceByPieceMatchTheWholeStreamHoweverItIsCut) {
+  // A differential check against count_event_ends over the whole: LF runs of every length, cut
+  // everywhere (a pair split across pieces, three LFs in a row, empty pieces).
+  std::uint64_t x = 88172645463325252ull;
+  auto next = [&] {
+    x ^= x << 13;
+    x ^= x >> 7;
+    x ^= x << 17;
+    return x;
+  };
+  for (int round = 0; round < 2000; ++round) {
+    std::string stream;
+    const std::size_t len = next() % 40;
+    for (std::size_t i = 0; i < len; ++i) stream.push_back("a\n\n\r"[next() % 4]);
+    event_end_counter counter;
+    std::size_t sum = 0;
+    for (std::size_t at = 0; at <= stream.size();) {
+      const std::size_t n = std::min<std::size_t>(stream.size() - at, next() % 5);
+      sum += counter.feed(std::string_view(stream).substr(at, n));
+      at += n;
+      if (n == 0 && at == stream.size()) break;
+    }
+    ASSERT_EQ(sum, count_event_ends(stream)) << "stream: " << stream;
+  }
 }
 
 }  // namespace

@@ -37,7 +37,7 @@ class peer_exchange final : public exchange {
   net::awaitable<error_code> write_chunk(std::string_view) override {
     co_return net::error::operation_not_supported;
   }
-  error_code put_chunk(std::string_view) override { return net::error::operation_not_supported; }
+  error_code put_chunk(std::string_view, std::string_view) override { return net::error::operation_not_supported; }
   net::awaitable<error_code> flush() override { co_return error_code{}; }
   net::awaitable<error_code> end_stream() override { co_return net::error::operation_not_supported; }
   void drop_connection() override {}

@@ -13,7 +13,7 @@ namespace {
 // Feeds `pieces` in order (the last with end = true) and returns everything written.
 std::string relay_all(stream_relay& r, const std::vector<std::string>& pieces) {
   std::string out;
-  for (std::size_t i = 0; i < pieces.size(); ++i) out += r.feed(pieces[i], i + 1 == pieces.size());
+  for (std::size_t i = 0; i < pieces.size(); ++i) out += r.feed(pieces[i], i + 1 == pieces.size()).str();
   return out;
 }
 
@@ -23,25 +23,49 @@ TEST(StreamRelay, WholeEventsGoOutStraightFromTheInput) {
   stream_relay r;
   const std::string piece = "data: {\"text\":\"a\"}\n\ndata: {\"text\":\"b\"}\n\n";
   auto out = r.feed(piece, false);
-  EXPECT_EQ(out, piece);
-  EXPECT_EQ(out.data(), piece.data()) << "whole events are forwarded without a copy";
+  EXPECT_EQ(out.str(), piece);
+  EXPECT_TRUE(out.head.empty());
+  EXPECT_EQ(out.tail.data(), piece.data()) << "whole events are forwarded without a copy";
+  EXPECT_EQ(r.held(), 0u);
+}
+
+TEST(StreamRelay, AfterAHeldPartialEventALargeReadIsForwardedWithoutACopy) {
+  stream_relay r;
+  EXPECT_EQ(r.feed("data: {\"text\":\"a\"}\n\ndata: {\"te", false).str(), "data: {\"text\":\"a\"}\n\n");
+  std::string big = "xt\":\"b\"}\n\n";
+  for (int i = 0; i < 100; ++i) big += "data: {\"text\":\"c\"}\n\n";
+  big += "data: {\"par";
+  auto out = r.feed(big, false);
+  EXPECT_EQ(out.head, "data: {\"te") << "only the held bytes are copied";
+  EXPECT_EQ(out.tail.data(), big.data());
+  EXPECT_EQ(out.tail.size(), big.size() - 11);
+  EXPECT_EQ(r.held(), 11u);
+}
+
+TEST(StreamRelay, AnEventEndingInTheFirstBytesOfAReadIsFoundWithTheHeldOnes) {
+  stream_relay r;
+  EXPECT_TRUE(r.feed("data: x\n", false).empty());  // held: the blank line may come next
+  EXPECT_EQ(r.feed("\nda", false).str(), "data: x\n\n");
+  EXPECT_EQ(r.held(), 2u);
+  EXPECT_TRUE(r.feed("ta: y\r\n\r", false).empty());  // a CR may start a CRLF
+  EXPECT_EQ(r.feed("\n", false).str(), "data: y\r\n\r\n");
   EXPECT_EQ(r.held(), 0u);
 }
 
 TEST(StreamRelay, APartialEventIsHeldUntilItIsComplete) {
   stream_relay r;
-  EXPECT_EQ(r.feed("data: {\"text\":\"a\"}\n\ndata: {\"te", false), "data: {\"text\":\"a\"}\n\n");
+  EXPECT_EQ(r.feed("data: {\"text\":\"a\"}\n\ndata: {\"te", false).str(), "data: {\"text\":\"a\"}\n\n");
   EXPECT_EQ(r.held(), 10u);
-  EXPECT_EQ(r.feed("xt\":\"b\"}", false), "");
-  EXPECT_EQ(r.feed("\n\ndata: [DO", false), "data: {\"text\":\"b\"}\n\n");
-  EXPECT_EQ(r.feed("NE]\n\n", false), "data: [DONE]\n\n");
+  EXPECT_EQ(r.feed("xt\":\"b\"}", false).str(), "");
+  EXPECT_EQ(r.feed("\n\ndata: [DO", false).str(), "data: {\"text\":\"b\"}\n\n");
+  EXPECT_EQ(r.feed("NE]\n\n", false).str(), "data: [DONE]\n\n");
   EXPECT_EQ(r.held(), 0u);
 }
 
 TEST(StreamRelay, TheEndFlushesAnUnterminatedTail) {
   stream_relay r;
-  EXPECT_EQ(r.feed("data: x\n\ndata: y", false), "data: x\n\n");
-  EXPECT_EQ(r.feed("", true), "data: y");
+  EXPECT_EQ(r.feed("data: x\n\ndata: y", false).str(), "data: x\n\n");
+  EXPECT_EQ(r.feed("", true).str(), "data: y");
 }
 
 TEST(StreamRelay, FailDropsTheHeldPartialEventAndGivesAnErrorEvent) {
@@ -57,10 +81,10 @@ TEST(StreamRelay, FailDropsTheHeldPartialEventAndGivesAnErrorEvent) {
 TEST(StreamRelay, ByteByByteFeedingGivesTheSameStream) {
   const std::string stream = "data: a\r\n\r\ndata: b\n\n: comment\n\ndata: [DONE]\n\n";
   stream_relay whole;
-  const std::string expected(whole.feed(stream, true));
+  const std::string expected = whole.feed(stream, true).str();
   stream_relay bytes;
   std::string out;
-  for (std::size_t i = 0; i < stream.size(); ++i) out += bytes.feed(stream.substr(i, 1), i + 1 == stream.size());
+  for (std::size_t i = 0; i < stream.size(); ++i) out += bytes.feed(stream.substr(i, 1), i + 1 == stream.size()).str();
   EXPECT_EQ(out, expected);
   EXPECT_EQ(out, stream);
 }
