@@ -314,6 +314,10 @@ void add_options(CLI::App& app, kind_map& kinds, raw_options& raw) {
       "text, or json (one JSON object per line, for journald and log shippers)")
       ->check(CLI::IsMember({"text", "json"}))
       ->capture_default_str();
+  add(app, kinds, "--metrics-port", cfg.metrics_port,
+      "Also serve GET /metrics on this port, on a listener of its own (0: any free port, in the log and "
+      "the ready file); off by default: /metrics is on the main port")
+      ->capture_default_str();
   add(app, kinds, "--ready-file", cfg.ready_file,
       "Once listening, write {\"host\": ..., \"port\": N} to this file (atomically)");
   add(app, kinds, "--api-key", cfg.api_key,
@@ -559,6 +563,7 @@ std::optional<std::string> check_and_convert(raw_options& raw) {
   if (cfg.log_interval < 0) return "--log-interval must be >= 0";
   if (cfg.connector_limit == 0 || cfg.connector_limit_per_host == 0) return "connector limits must be at least 1";
   if (cfg.max_body_size == 0) return "--max-body-size must be at least 1";
+  if (cfg.metrics_port < -1 || cfg.metrics_port > 65535) return "--metrics-port must be a port (0: any free one), or -1 for none";
   cfg.policy = raw.policy == "po2"           ? policy_kind::po2
                : raw.policy == "round_robin" ? policy_kind::round_robin
                                              : policy_kind::random;

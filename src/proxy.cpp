@@ -925,26 +925,36 @@ std::string load_balancer::metrics_text() const {
   for (auto& [w, l] : workers) out.sample("pdlb_ejections_total", l, w->ejections.load(std::memory_order_relaxed));
 
   // Connections belong to the server, not to a role: one series per URL, summed over its roles.
-  std::vector<std::pair<std::string_view, std::pair<std::size_t, std::uint64_t>>> hosts;  // open, connects
+  struct host_counts {
+    std::string_view url;
+    std::size_t open = 0, idle = 0;
+    std::uint64_t connects = 0;
+  };
+  std::vector<host_counts> hosts;
   for (auto& [w, l] : workers) {
-    auto it = std::find_if(hosts.begin(), hosts.end(), [&](const auto& h) { return h.first == w->url(); });
-    if (it == hosts.end()) it = hosts.insert(hosts.end(), {w->url(), {0, 0}});
-    it->second.first += w->host->open_connections();
-    it->second.second += w->host->connects();
+    auto it = std::find_if(hosts.begin(), hosts.end(), [&](const auto& h) { return h.url == w->url(); });
+    if (it == hosts.end()) it = hosts.insert(hosts.end(), host_counts{w->url()});
+    it->open += w->host->open_connections();
+    it->idle += w->host->idle_connections();
+    it->connects += w->host->connects();
   }
   out.family("pdlb_worker_connections", "gauge",
-             "Open connections (idle and busy together: idle ones are per thread) to a worker.");
-  for (auto& [url, n] : hosts) {
-    std::string l;
-    metrics_text::label(l, "worker", url);
-    metrics_text::label(l, "state", "open");
-    out.sample("pdlb_worker_connections", l, static_cast<double>(n.first));
+             "Connections to a worker: idle (pooled) or busy (carrying a request, or connecting).");
+  for (const auto& h : hosts) {
+    // Each count is read without stopping the threads: busy is what the open ones leave.
+    const std::size_t idle = std::min(h.idle, h.open);
+    for (auto [state, n] : {std::pair{"idle", idle}, std::pair{"busy", h.open - idle}}) {
+      std::string l;
+      metrics_text::label(l, "worker", h.url);
+      metrics_text::label(l, "state", state);
+      out.sample("pdlb_worker_connections", l, static_cast<double>(n));
+    }
   }
   out.family("pdlb_worker_connects_total", "counter", "Connections established to a worker.");
-  for (auto& [url, n] : hosts) {
+  for (const auto& h : hosts) {
     std::string l;
-    metrics_text::label(l, "worker", url);
-    out.sample("pdlb_worker_connects_total", l, n.second);
+    metrics_text::label(l, "worker", h.url);
+    out.sample("pdlb_worker_connects_total", l, h.connects);
   }
   append_process_metrics(out);
   return out.text();

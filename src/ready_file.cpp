@@ -24,6 +24,7 @@ namespace {
 void write_ready_file(const std::string& path, const ready_info& info) {
   nlohmann::json j{{"host", info.host}, {"port", info.port}};
   if (info.bootstrap_port) j["bootstrap_port"] = *info.bootstrap_port;
+  if (info.metrics_port) j["metrics_port"] = *info.metrics_port;
   const std::string text = j.dump() + "\n";
   // The temporary name is unique per process, so two writers never share one; rename() within a
   // directory replaces the target in one step.
@@ -68,6 +69,10 @@ std::optional<ready_info> read_ready_file(const std::string& path) {
   if (auto b = j.find("bootstrap_port"); b != j.end()) {
     if (!b->is_number_unsigned() || b->get<std::uint64_t>() > 65535) return std::nullopt;
     info.bootstrap_port = b->get<std::uint16_t>();
+  }
+  if (auto m = j.find("metrics_port"); m != j.end()) {
+    if (!m->is_number_unsigned() || m->get<std::uint64_t>() > 65535) return std::nullopt;
+    info.metrics_port = m->get<std::uint16_t>();
   }
   return info;
 }

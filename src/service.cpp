@@ -92,9 +92,53 @@ service::service(config cfg, config_loader reload)
   lb_->watch_threads(*server_);  // /metrics sums the threads' counters
 }
 
-service::~service() = default;
+service::~service() {
+  if (metrics_thread_.joinable()) {
+    // start() ran without run() (or run() did not get to stop it): stop the listener here.
+    auto* m = metrics_server_.get();
+    m->shutdown(std::chrono::milliseconds(0), [m] { m->release(); });
+    metrics_thread_.join();
+  }
+}
 
 std::uint16_t service::port() const { return server_->port(); }
+
+std::optional<std::uint16_t> service::metrics_port() const {
+  if (!metrics_server_) return std::nullopt;
+  return metrics_server_->port();
+}
+
+void service::start_metrics_listener() {
+  server_options so;
+  so.host = cfg_.host;
+  so.port = static_cast<std::uint16_t>(cfg_.metrics_port);
+  so.threads = 1;
+  so.header_limit = 16 * 1024;
+  so.body_limit = 0;  // a scrape has no body
+  so.name = "pdlb metrics";
+  auto handler = [lb = lb_.get()](exchange& ex) -> net::awaitable<void> {
+    const std::string_view target = ex.req().target();
+    const std::string_view path = target.substr(0, target.find('?'));
+    if (path != "/metrics") {
+      co_await ex.respond(http::status::not_found,
+                          json_error_body("not found: this port serves GET /metrics only"));
+    } else if (ex.req().method() != http::verb::get && ex.req().method() != http::verb::head) {
+      co_await ex.respond(http::status::method_not_allowed, json_error_body("method not allowed: use GET"),
+                          "application/json", "Allow: GET\r\n");
+    } else {
+      const std::string text = lb->metrics_text();
+      co_await ex.respond(http::status::ok, text, "text/plain; version=0.0.4; charset=utf-8");
+    }
+  };
+  metrics_server_ = std::make_unique<http_server>(so, handler);
+  try {
+    metrics_server_->listen();
+  } catch (const std::exception& e) {
+    throw std::runtime_error("cannot listen on " + cfg_.host + ":" + std::to_string(cfg_.metrics_port) +
+                             " (--metrics-port): " + e.what());
+  }
+  metrics_thread_ = std::thread([m = metrics_server_.get()] { m->run(); });
+}
 
 void service::warn_about(const config& cfg) const {
   if (cfg.rust_lb) spdlog::warn("--rust-lb has no effect: pdlb is already native code");
@@ -119,6 +163,7 @@ void service::start() {
     spdlog::info("prefill worker {} (bootstrap port {})", p.url.url,
                  p.bootstrap_port ? std::to_string(*p.bootstrap_port) : "none");
   for (const auto& d : cfg_.decode) spdlog::info("decode worker {}", d.url);
+  if (cfg_.metrics_port >= 0) start_metrics_listener();
 
   auto& ioc = server_->context(0);
   lb_->start_background(ioc);  // health checks, /get_load polls, DNS discovery (as configured)
@@ -145,7 +190,9 @@ void service::start() {
 void service::announce_ready() {
   // Signals are handled by now, so whoever reads the ready file or the listening line may send
   // SIGTERM at once and get a clean shutdown.
-  if (!cfg_.ready_file.empty()) write_ready_file(cfg_.ready_file, {cfg_.host, server_->port(), std::nullopt});
+  if (!cfg_.ready_file.empty()) write_ready_file(cfg_.ready_file, {cfg_.host, server_->port(), std::nullopt, metrics_port()});
+  if (metrics_server_)
+    spdlog::info("metrics on http://{}:{}/metrics", shown_host(cfg_.host), metrics_server_->port());
   spdlog::info("pdlb {} listening on http://{}:{} (policy {}, {} thread(s))", PDLB_VERSION, shown_host(cfg_.host),
                server_->port(), to_string(cfg_.policy), server_->thread_count());
   if (auto ec = notifier_.notify("READY=1\nSTATUS=" + status_text()))
@@ -235,6 +282,7 @@ void service::wait_signal() {
 
 int service::run() {
   server_->run();
+  if (metrics_thread_.joinable()) metrics_thread_.join();  // stopped by finish_drain
   return 0;
 }
 
@@ -262,6 +310,10 @@ void service::finish_drain() {
       server_->thread_ctx(i).pools().close_all();
     });
   server_->release();
+  if (metrics_server_) {
+    auto* m = metrics_server_.get();
+    m->shutdown(std::chrono::milliseconds(0), [m] { m->release(); });
+  }
   spdlog::info("all requests finished; exiting");
 }
 

@@ -44,7 +44,7 @@ thread_context::thread_context(std::size_t index)
     : index_(index),
       body_(scratch_size),
       socket_(scratch_size),
-      pools_(std::make_unique<upstream_pools>()),
+      pools_(std::make_unique<upstream_pools>(index)),
       rng_(seeded_rng()) {}
 
 thread_context::~thread_context() = default;

@@ -173,9 +173,21 @@ struct upstream_host::impl {
   std::atomic<bool> retired{false};
   std::mutex resolve_mutex;
   std::vector<tcp::endpoint> endpoints;  // cached resolution
+  // Idle connections in each thread's pool, stored by that thread (a plain store, on a line of its
+  // own) each time its list changes, summed by the metrics.
+  struct alignas(64) idle_slot {
+    std::atomic<std::size_t> n{0};
+  };
+  std::size_t threads;
+  std::unique_ptr<idle_slot[]> idle_by_thread;
 
-  impl(worker_url u, std::size_t per_host, std::shared_ptr<conn_limiter> g, upstream_options o)
-      : url(std::move(u)), opts(o), host_limit(per_host), global_limit(std::move(g)) {
+  impl(worker_url u, std::size_t per_host, std::shared_ptr<conn_limiter> g, upstream_options o, std::size_t t)
+      : url(std::move(u)),
+        opts(o),
+        host_limit(per_host),
+        global_limit(std::move(g)),
+        threads(std::max<std::size_t>(t, 1)),
+        idle_by_thread(std::make_unique<idle_slot[]>(threads)) {
     // Idle connections hold slots of both limiters: the global one's owner reclaims them.
     host_limit.on_wait([global = global_limit.get()] { global->notify_wait(); });
   }
@@ -223,8 +235,9 @@ bool looks_alive(pooled_conn& c) {
 }  // namespace
 
 upstream_host::upstream_host(worker_url url, std::size_t per_host_limit,
-                             std::shared_ptr<conn_limiter> global_limit, upstream_options opts)
-    : impl_(std::make_shared<impl>(std::move(url), per_host_limit, std::move(global_limit), opts)) {}
+                             std::shared_ptr<conn_limiter> global_limit, upstream_options opts,
+                             std::size_t threads)
+    : impl_(std::make_shared<impl>(std::move(url), per_host_limit, std::move(global_limit), opts, threads)) {}
 
 upstream_host::~upstream_host() { retire(); }
 
@@ -234,6 +247,12 @@ std::size_t upstream_host::open_connections() const { return impl_->open.load();
 
 std::uint64_t upstream_host::connects() const { return impl_->connects.load(std::memory_order_relaxed); }
 
+std::size_t upstream_host::idle_connections() const {
+  std::size_t n = 0;
+  for (std::size_t i = 0; i < impl_->threads; ++i) n += impl_->idle_by_thread[i].n.load(std::memory_order_relaxed);
+  return n;
+}
+
 void upstream_host::retire() { impl_->retired.store(true, std::memory_order_relaxed); }
 
 // ---------------------------------------------------------------------------------------------
@@ -242,18 +261,35 @@ void upstream_host::retire() { impl_->retired.store(true, std::memory_order_rela
 struct upstream_pools::impl {
   // Per worker, in the order connections were returned: the oldest at the front.
   std::unordered_map<const upstream_host::impl*, std::vector<std::unique_ptr<pooled_conn>>> idle;
+  std::size_t thread;  // the owner thread's index
+
+  // Tells `host` how many idle connections to it this thread holds, after its list changed. A
+  // non-empty list keeps `host` alive (its connections share it).
+  void publish(const upstream_host::impl& host, std::size_t n) const {
+    if (thread < host.threads) host.idle_by_thread[thread].n.store(n, std::memory_order_relaxed);
+  }
 };
 
-upstream_pools::upstream_pools() : impl_(std::make_unique<impl>()) {}
+upstream_pools::upstream_pools(std::size_t thread) : impl_(std::make_unique<impl>()) { impl_->thread = thread; }
 
-upstream_pools::~upstream_pools() = default;
+upstream_pools::~upstream_pools() { close_all(); }
 
-void upstream_pools::close_all() { impl_->idle.clear(); }
+void upstream_pools::close_all() {
+  for (auto& [host, list] : impl_->idle)
+    if (!list.empty()) impl_->publish(*host, 0);
+  impl_->idle.clear();
+}
 
 void upstream_pools::prune() {
   auto now = clock_type::now();
   for (auto it = impl_->idle.begin(); it != impl_->idle.end();) {
     auto& list = it->second;
+    // An empty list is dropped with its key before anything else: the key may name a worker that
+    // is gone (only connections keep a worker's host alive).
+    if (list.empty()) {
+      it = impl_->idle.erase(it);
+      continue;
+    }
     const upstream_host::impl& host = *it->first;
     // A connection parked before somebody began to wait for a slot holds one the waiter needs.
     if (host.retired.load(std::memory_order_relaxed) || host.host_limit.has_waiters() ||
@@ -265,7 +301,7 @@ void upstream_pools::prune() {
       });
       list.erase(list.begin(), first_fresh);
     }
-    // An empty list is dropped with its key, which may name a worker that is gone.
+    impl_->publish(host, list.size());
     it = list.empty() ? impl_->idle.erase(it) : std::next(it);
   }
 }
@@ -513,10 +549,13 @@ struct upstream_call::impl {
     auto found = pools.find(&host);
     if (found == pools.end()) return nullptr;
     auto& list = found->second;
+    if (list.empty()) return nullptr;
     auto now = clock_type::now();
+    auto& pools_impl = *ctx.pools().impl_;
     while (!list.empty()) {
       std::unique_ptr<pooled_conn> c = std::move(list.back());
       list.pop_back();
+      pools_impl.publish(host, list.size());
       // A connection used moments ago is taken as it is (the peek costs a system call per
       // request under load); if the worker closed it anyway, start() retries on a fresh one.
       auto idle_for = now - c->idle_since;
@@ -827,12 +866,14 @@ void upstream_call::release() {
   if (i.conn && i.parser && i.body_done && i.parser->keep_alive() && i.conn->buffer.size() == 0) {
     i.conn->idle_since = clock_type::now();
     i.conn->stream.expires_never();  // idle: liveness is checked when it is taken again
-    auto& list = i.ctx.pools().impl_->idle[&i.host];
     // Somebody waits for a slot: free ours instead of parking an idle connection.
     if (i.host.host_limit.has_waiters() || i.host.global_limit->has_waiters()) {
       i.conn.reset();
     } else {
+      auto& pools = *i.ctx.pools().impl_;
+      auto& list = pools.idle[&i.host];
       list.push_back(std::move(i.conn));
+      pools.publish(i.host, list.size());
     }
   }
   i.unreserve();

@@ -120,7 +120,7 @@ std::shared_ptr<worker> worker_registry::add(worker_role role, const worker_url&
       error = "worker " + url.url + " is already listed as a " + std::string(to_string(role)) + " worker";
       return nullptr;
     }
-  auto host = std::make_unique<upstream_host>(url, per_host_limit_, global_limit_, opts_);
+  auto host = std::make_unique<upstream_host>(url, per_host_limit_, global_limit_, opts_, threads_);
   auto w = std::make_shared<worker>(role, role == worker_role::prefill ? bootstrap_port : std::nullopt,
                                     std::move(host), threads_);
   auto next = std::make_shared<worker_set>(*set);

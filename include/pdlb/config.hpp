@@ -82,6 +82,8 @@ struct config {
   load_source load = load_source::local;  ///< What po2 compares.
   std::chrono::milliseconds load_poll_interval{std::chrono::seconds(1)};  ///< Between /get_load polls.
   std::string ready_file;     ///< Where to write {"host","port"} once listening; empty: off.
+  /// A listener of its own for GET /metrics: -1 off (served on the main port only), 0 any free port.
+  int metrics_port = -1;
   std::string access_log;     ///< Access log: a file path, "-" for stdout, empty: off.
 };
 

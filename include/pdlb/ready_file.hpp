@@ -14,6 +14,7 @@ struct ready_info {
   std::string host;                             ///< The address the process was told to bind.
   std::uint16_t port = 0;                       ///< The bound HTTP port.
   std::optional<std::uint16_t> bootstrap_port;  ///< pdlb-sim prefill: the bound bootstrap port.
+  std::optional<std::uint16_t> metrics_port;    ///< pdlb with --metrics-port: its bound port.
 };
 
 /// Writes `info` to `path` atomically: a temporary file in the same directory, then rename(), so a

@@ -16,7 +16,9 @@
 #include <cstdint>
 #include <functional>
 #include <memory>
+#include <optional>
 #include <string>
+#include <thread>
 #include <vector>
 
 namespace pdlb {
@@ -61,6 +63,8 @@ class service {
 
   /// The bound port (after start()).
   std::uint16_t port() const;
+  /// The metrics listener's bound port, if --metrics-port is on (after start()).
+  std::optional<std::uint16_t> metrics_port() const;
   /// The HTTP server (its threads' io_contexts, connection counts).
   http_server& server() { return *server_; }
   /// The load balancer (counters, workers).
@@ -79,6 +83,7 @@ class service {
   reload_report apply_reload();
   reload_report apply(const config& next);
   void with_io_threads_parked(const std::function<void()>& fn);
+  void start_metrics_listener();
 
   config cfg_;  // the configuration in force; read and written on thread 0 only
   config_loader loader_;
@@ -91,6 +96,11 @@ class service {
   std::unique_ptr<net::steady_timer> watchdog_timer_;
   std::vector<std::unique_ptr<net::steady_timer>> prune_timers_;
   std::unique_ptr<net::signal_set> signals_;
+  // --metrics-port: a one-thread server of its own that answers GET /metrics only, so that scrapes
+  // neither queue behind nor count as client traffic. It reads the counters the way a scrape on
+  // the main port does (summed across threads) and touches no per-thread state.
+  std::unique_ptr<http_server> metrics_server_;
+  std::thread metrics_thread_;
   std::chrono::steady_clock::time_point last_status_;
   bool stopping_ = false;     // thread 0 only
   std::string reload_note_;  // the last reload's outcome for STATUS=, if worth telling; thread 0 only

@@ -91,8 +91,9 @@ struct upstream_options {
 /// One worker's connection slots and address, for all threads.
 class upstream_host {
  public:
+  /// `threads`: the server threads whose pools may hold its idle connections (for the count).
   upstream_host(worker_url url, std::size_t per_host_limit, std::shared_ptr<conn_limiter> global_limit,
-                upstream_options opts);
+                upstream_options opts, std::size_t threads = 1);
   ~upstream_host();
   upstream_host(const upstream_host&) = delete;
   upstream_host& operator=(const upstream_host&) = delete;
@@ -102,6 +103,8 @@ class upstream_host {
   std::size_t open_connections() const;
   /// Connections established to this worker so far.
   std::uint64_t connects() const;
+  /// Idle connections to this worker in all threads' pools (each thread's count as it last stored it).
+  std::size_t idle_connections() const;
   /// The worker left: each thread closes its idle connections to it at its next prune.
   void retire();
 
@@ -116,7 +119,8 @@ class upstream_host {
 /// One thread's idle connections to every worker (owned by its thread_context).
 class upstream_pools {
  public:
-  upstream_pools();
+  /// The pools of server thread `thread` (its index, for the per-thread idle counts).
+  explicit upstream_pools(std::size_t thread = 0);
   ~upstream_pools();
   upstream_pools(const upstream_pools&) = delete;
   upstream_pools& operator=(const upstream_pools&) = delete;

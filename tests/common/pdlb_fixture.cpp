@@ -28,6 +28,7 @@ std::unique_ptr<pdlb_process> pdlb_process::start(std::vector<std::string> args)
   auto ready = wait_for_ready_file(*p->proc_, ready_file, std::chrono::seconds(20));
   if (!ready) throw std::runtime_error("pdlb did not start:\n" + p->proc_->output());
   p->port_ = ready->port;
+  p->metrics_port_ = ready->metrics_port.value_or(0);
   return p;
 }
 

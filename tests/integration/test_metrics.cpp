@@ -190,4 +190,64 @@ TEST(Metrics, CountersAndHistogramCountsMoveByExactlyWhatHappened) {
 }
 
 }  // namespace
+TEST(Metrics, WorkerConnectionsAreSplitIntoIdleAndBusy) {
+  auto c = cluster::start(1, 1);
+  auto& p = *c->prefill[0];
+  auto& d = *c->decode[0];
+  auto conns = [&](const samples& s, const sim_worker& w, const char* state) {
+    return value(s, "pdlb_worker_connections{worker=\"" + w.url() + "\",state=\"" + state + "\"}");
+  };
+  ASSERT_EQ(c->post("/generate", small_request()).status, 200u);
+  // Done: its two connections are pooled.
+  auto done = scrape_when_idle(*c);
+  EXPECT_EQ(conns(done, p, "idle"), 1) << "prefill";
+  EXPECT_EQ(conns(done, p, "busy"), 0) << "prefill";
+  EXPECT_EQ(conns(done, d, "idle"), 1) << "decode";
+  EXPECT_EQ(conns(done, d, "busy"), 0) << "decode";
+
+  // A stream in progress holds a decode connection: the pooled one if its request landed on the
+  // same server thread, else a new one (the pooled one stays idle in the other thread's pool).
+  http_connection conn(c->port());
+  conn.send("POST", "/generate", small_request(true, 100000).dump());
+  ASSERT_EQ(conn.read_header().status, 200u);
+  ASSERT_TRUE(conn.read_body_some().has_value());
+  auto during = scrape(*c);
+  EXPECT_EQ(conns(during, d, "busy"), 1);
+  EXPECT_LE(conns(during, d, "idle"), 1);
+  conn.close();
+  ASSERT_TRUE(sim_wait(d, "active=0", 10s));
+  // The cut stream's connection was closed, not pooled.
+  auto after = scrape_when_idle(*c);
+  EXPECT_EQ(conns(after, d, "busy"), 0);
+  EXPECT_EQ(conns(after, d, "idle"), conns(during, d, "idle"));
+}
+
+TEST(Metrics, AMetricsPortServesTheSameScrapeOnAListenerOfItsOwn) {
+  auto p = sim_worker::start("prefill");
+  auto d = sim_worker::start("decode");
+  auto lb = pdlb_process::start({"--prefill", p->url(), "--prefill-bootstrap-ports", std::to_string(p->bootstrap_port()),
+                                 "--decode", d->url(), "--metrics-port", "0"});
+  ASSERT_NE(lb->metrics_port(), 0) << "the ready file names no metrics port";
+  ASSERT_NE(lb->metrics_port(), lb->port());
+  ASSERT_EQ(http_request(lb->port(), "POST", "/generate", small_request().dump()).status, 200u);
+  auto r = http_request(lb->metrics_port(), "GET", "/metrics");
+  ASSERT_EQ(r.status, 200u) << r.body;
+  EXPECT_EQ(r.header("content-type"), "text/plain; version=0.0.4; charset=utf-8");
+  auto s = parse_metrics(r.body);
+  EXPECT_EQ(value(s, gen("2xx")), 1) << r.body;
+  // Scrapes there are not client traffic: none is in flight or counted.
+  EXPECT_EQ(value(s, "pdlb_requests_in_flight"), 0);
+  EXPECT_EQ(value(parse_metrics(http_request(lb->metrics_port(), "GET", "/metrics").body),
+                  "pdlb_requests_total{route=\"/metrics\",status=\"2xx\"}"),
+            0);
+  // Only /metrics, only GET; the main port still serves it too.
+  auto other = http_request(lb->metrics_port(), "GET", "/health");
+  EXPECT_EQ(other.status, 404u);
+  EXPECT_TRUE(is_error_body(other.body)) << other.body;
+  auto post = http_request(lb->metrics_port(), "POST", "/metrics", "");
+  EXPECT_EQ(post.status, 405u);
+  EXPECT_EQ(post.header("allow"), "GET");
+  EXPECT_EQ(http_request(lb->port(), "GET", "/metrics").status, 200u);
+}
+
 }  // namespace pdlb::test
