@@ -1,12 +1,12 @@
 #include "pdlb/service.hpp"
 
 #include "pdlb/logging.hpp"
+#include "pdlb/fd_limit.hpp"
 #include "pdlb/ready_file.hpp"
 
 #include <boost/asio/post.hpp>
 #include <spdlog/spdlog.h>
 
-#include <sys/resource.h>
 
 #include <csignal>
 #include <cstdio>
@@ -19,20 +19,14 @@ namespace pdlb {
 
 namespace {
 
-// As minilb does: many concurrent streams need many descriptors (two upstream sockets each).
-void raise_fd_limit() {
-  rlimit lim{};
-  if (::getrlimit(RLIMIT_NOFILE, &lim) != 0) return;
-  if (lim.rlim_cur >= lim.rlim_max) {
-    spdlog::info("file descriptor limit: {}", lim.rlim_cur);
-    return;
-  }
-  auto old = lim.rlim_cur;
-  lim.rlim_cur = lim.rlim_max;
-  if (::setrlimit(RLIMIT_NOFILE, &lim) == 0)
-    spdlog::info("raised file descriptor limit from {} to {}", old, lim.rlim_cur);
+// Logs what raise_fd_limit() did.
+void log_fd_limit(const fd_limit_change& c) {
+  if (c.failed)
+    spdlog::warn("could not raise file descriptor limit above {} (try: ulimit -n 65536)", c.before);
+  else if (c.after > c.before)
+    spdlog::info("raised file descriptor limit from {} to {}", c.before, c.after);
   else
-    spdlog::warn("could not raise file descriptor limit above {} (try: ulimit -n 65536)", old);
+    spdlog::info("file descriptor limit: {}", c.after);
 }
 
 bool is_loopback(const std::string& host) {
@@ -153,7 +147,7 @@ void service::warn_about(const config& cfg) const {
 
 void service::start() {
   warn_about(cfg_);
-  raise_fd_limit();
+  log_fd_limit(raise_fd_limit());
   try {
     server_->listen();
   } catch (const std::exception& e) {  // Asio throws boost::system::system_error, not std's

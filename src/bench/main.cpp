@@ -1,11 +1,11 @@
 // pdlb-bench: a load generator for SGLang's /generate and OpenAI routes, reporting like SGLang's
 // bench_serving (TTFT, ITL, TPOT, E2E), with every response validated. See docs/benchmarks.md.
+#include "pdlb/fd_limit.hpp"
 #include "runner.hpp"
 
 #include <CLI/CLI.hpp>
 #include <nlohmann/json.hpp>
 
-#include <sys/resource.h>
 
 #include <algorithm>
 #include <cmath>
@@ -18,14 +18,6 @@ namespace {
 
 using pdlb::bench::bench_result;
 
-// Thousands of streams need thousands of descriptors; take what the hard limit allows.
-void raise_fd_limit() {
-  rlimit rl{};
-  if (::getrlimit(RLIMIT_NOFILE, &rl) == 0 && rl.rlim_cur < rl.rlim_max) {
-    rl.rlim_cur = rl.rlim_max;
-    ::setrlimit(RLIMIT_NOFILE, &rl);
-  }
-}
 
 struct summary {
   double mean = 0, p50 = 0, p90 = 0, p99 = 0, max = 0;
@@ -202,7 +194,7 @@ int main(int argc, char** argv) {
     return 0;
   }
   std::signal(SIGPIPE, SIG_IGN);
-  raise_fd_limit();
+  pdlb::raise_fd_limit();  // thousands of streams need thousands of descriptors
   try {
     auto r = run_bench(o);
     if (json) {

@@ -2,6 +2,7 @@
 // See docs/simulator.md.
 #include "api.hpp"
 #include "engine.hpp"
+#include "pdlb/fd_limit.hpp"
 #include "options.hpp"
 
 #include "pdlb/http_server.hpp"
@@ -13,7 +14,6 @@
 #include <spdlog/sinks/stdout_sinks.h>
 #include <spdlog/spdlog.h>
 
-#include <sys/resource.h>
 
 #include <cstdio>
 #include <cstdlib>
@@ -21,14 +21,6 @@
 
 namespace {
 
-// Thousands of simulated streams need thousands of descriptors; take what the hard limit allows.
-void raise_fd_limit() {
-  rlimit rl{};
-  if (::getrlimit(RLIMIT_NOFILE, &rl) == 0 && rl.rlim_cur < rl.rlim_max) {
-    rl.rlim_cur = rl.rlim_max;
-    ::setrlimit(RLIMIT_NOFILE, &rl);
-  }
-}
 
 }  // namespace
 
@@ -136,7 +128,7 @@ int main(int argc, char** argv) {
   spdlog::set_pattern("[%Y-%m-%d %H:%M:%S] %v");
   spdlog::set_level(spdlog::level::from_str(log_level));
   spdlog::flush_on(spdlog::level::info);
-  raise_fd_limit();
+  pdlb::raise_fd_limit();  // thousands of streams need thousands of descriptors
 
   try {
     server_options sopts;
@@ -175,7 +167,8 @@ int main(int argc, char** argv) {
                        {opts.host, server.port(),
                         opts.role == worker_role::prefill
                             ? std::optional<std::uint16_t>(eng.bootstrap_port())
-                            : std::nullopt});
+                            : std::nullopt,
+                        std::nullopt});
     }
     std::printf("pdlb-sim ready role=%s http=%s:%u bootstrap=%u\n", role.c_str(),
                 opts.host.c_str(), static_cast<unsigned>(server.port()),

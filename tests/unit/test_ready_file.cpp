@@ -27,24 +27,30 @@ class ReadyFile : public ::testing::Test {
 };
 
 TEST_F(ReadyFile, WrittenFileReadsBackWithAndWithoutBootstrapPort) {
-  pdlb::write_ready_file(path("lb"), {"127.0.0.1", 8000, std::nullopt});
+  pdlb::write_ready_file(path("lb"), {"127.0.0.1", 8000, std::nullopt, std::nullopt});
   auto lb = pdlb::read_ready_file(path("lb"));
   ASSERT_TRUE(lb);
   EXPECT_EQ(lb->host, "127.0.0.1");
   EXPECT_EQ(lb->port, 8000);
   EXPECT_FALSE(lb->bootstrap_port);
 
-  pdlb::write_ready_file(path("sim"), {"::1", 30000, 8998});
+  pdlb::write_ready_file(path("sim"), {"::1", 30000, 8998, std::nullopt});
   auto sim = pdlb::read_ready_file(path("sim"));
   ASSERT_TRUE(sim);
   EXPECT_EQ(sim->host, "::1");
   EXPECT_EQ(sim->port, 30000);
   EXPECT_EQ(sim->bootstrap_port, 8998);
+  EXPECT_FALSE(sim->metrics_port);
+
+  pdlb::write_ready_file(path("lb-metrics"), {"127.0.0.1", 8000, std::nullopt, 9100});
+  auto with_metrics = pdlb::read_ready_file(path("lb-metrics"));
+  ASSERT_TRUE(with_metrics);
+  EXPECT_EQ(with_metrics->metrics_port, 9100);
 }
 
 TEST_F(ReadyFile, WriteLeavesOnlyTheFileItselfAndReplacesAnOldOne) {
-  pdlb::write_ready_file(path("lb"), {"127.0.0.1", 1, std::nullopt});
-  pdlb::write_ready_file(path("lb"), {"127.0.0.1", 2, std::nullopt});
+  pdlb::write_ready_file(path("lb"), {"127.0.0.1", 1, std::nullopt, std::nullopt});
+  pdlb::write_ready_file(path("lb"), {"127.0.0.1", 2, std::nullopt, std::nullopt});
   EXPECT_EQ(pdlb::read_ready_file(path("lb"))->port, 2);
   std::size_t files = 0;
   for ([[maybe_unused]] auto& e : fs::directory_iterator(dir_)) ++files;
@@ -53,7 +59,7 @@ TEST_F(ReadyFile, WriteLeavesOnlyTheFileItselfAndReplacesAnOldOne) {
 
 TEST_F(ReadyFile, WriteIntoAMissingDirectoryThrowsNamingThePath) {
   try {
-    pdlb::write_ready_file(path("no-such-dir/lb"), {"127.0.0.1", 1, std::nullopt});
+    pdlb::write_ready_file(path("no-such-dir/lb"), {"127.0.0.1", 1, std::nullopt, std::nullopt});
     FAIL() << "no exception";
   } catch (const std::system_error& e) {
     EXPECT_NE(std::string(e.what()).find("no-such-dir"), std::string::npos) << e.what();
