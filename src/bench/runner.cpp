@@ -294,54 +294,134 @@ class response_reader final : public http::basic_parser<false> {
   std::uint64_t& bytes_;
 };
 
+// True if the leg's watchdog cut the operation that ended with `ec`.
+bool timed_out(const leg_watch& watch, const error_code& ec) {
+  return watch.timed_out && (ec == net::error::operation_aborted || !ec);
+}
+
+// A new connection to target `ti`; null with `error` set if connecting failed.
+net::awaitable<std::unique_ptr<connection>> open_connection(lane& ln, shared_state& st, int ti, std::string& error) {
+  const auto connect_timeout = std::chrono::duration_cast<std::chrono::nanoseconds>(
+      std::chrono::duration<double>(st.opts.connect_timeout_s));
+  auto conn = std::make_unique<connection>(ln.ioc.get_executor());
+  conn->stream.expires_after(connect_timeout);
+  auto [ec, ep] = co_await conn->stream.async_connect(st.targets[ti].endpoints, tuple_awaitable);
+  if (ec) {
+    error = "connect: " + (ec == beast::error::timeout ? std::string("timed out") : ec.message());
+    co_return nullptr;
+  }
+  conn->stream.expires_never();
+  conn->stream.socket().set_option(tcp::no_delay(true), ec);
+  conn->allocate(st.read_chunk);
+  co_return conn;
+}
+
+// How reading one response ended.
+struct read_result {
+  enum { whole, stale, failed } end = failed;
+  std::string error;  ///< For failed.
+};
+
+// Reads one response from `conn` into `parser`. `may_be_stale`: a reused keep-alive connection on
+// its first try, which the server may have closed before it saw the request (then `stale`). Bytes
+// after the response (a pipelining server) stay in the connection's buffer for the next one.
+net::awaitable<read_result> read_response(connection& conn, response_reader& parser, leg_watch& watch,
+                                          bool may_be_stale) {
+  auto& socket = conn.stream.socket();
+  read_result r;
+  std::size_t pos = 0;  // conn.buf[pos, used) is not parsed yet
+  while (!parser.is_done()) {
+    if (pos < conn.used) {
+      error_code pec;
+      const std::size_t n = parser.put(net::buffer(conn.buf.get() + pos, conn.used - pos), pec);
+      pos += n;
+      if (pec && pec != http::error::need_more) {
+        r.error = std::string(parser.is_header_done() ? "read body: " : "read header: ") + pec.message();
+        co_return r;
+      }
+      if (parser.is_done()) break;
+      if (!pec && n > 0) continue;  // progress; more may be parsed from what is buffered
+    }
+    // Keep the unparsed tail at the front and read behind it.
+    conn.consume(pos);
+    pos = 0;
+    if (conn.used == conn.size) {
+      // A header (or chunk header) larger than the buffer: grow, within the header limit.
+      if (conn.size >= 2 * static_cast<std::size_t>(header_limit)) {
+        r.error = parser.is_header_done() ? "read body: chunk header too long" : "read header: header too long";
+        co_return r;
+      }
+      conn.allocate(conn.size * 2);
+    }
+    auto [rec, rn] = co_await socket.async_read_some(net::buffer(conn.buf.get() + conn.used, conn.size - conn.used),
+                                                     tuple_awaitable);
+    // The receive time of these bytes, before any parsing.
+    parser.now = clock_type::now();
+    watch.last = parser.now;
+    conn.used += rn;
+    if (rec == net::error::eof && parser.is_header_done()) {
+      // A body that runs until the connection closes ends here; anything else is cut short.
+      error_code eec;
+      if (conn.used == 0) parser.put_eof(eec);
+      if (conn.used != 0 || eec) {
+        r.error = "read body: " + (eec ? eec.message() : std::string("partial message"));
+        co_return r;
+      }
+      break;
+    }
+    if (rec) {
+      if (!parser.got_some() && conn.used == 0 && may_be_stale && stale_connection_error(rec)) {
+        r.end = read_result::stale;
+        co_return r;
+      }
+      const char* what = parser.is_header_done() ? "read body: " : "read header: ";
+      if (timed_out(watch, rec))
+        r.error = std::string(what) + (parser.is_header_done() ? "idle timeout" : "timed out");
+      else
+        r.error = what + (rec == net::error::eof ? std::string("end of stream") : rec.message());
+      co_return r;
+    }
+  }
+  conn.consume(pos);
+  r.end = read_result::whole;
+  co_return r;
+}
+
 // Sends one request to target `ti` and feeds the response to `out`. A reused keep-alive connection
 // that turns out to be closed by the server is replaced once (the server never saw the request).
 net::awaitable<leg_outcome> run_leg(lane& ln, shared_state& st, int ti, std::string_view head,
                                     std::string_view body, sink& out) {
-  const auto& opts = st.opts;
   const auto idle_timeout = std::chrono::duration_cast<clock_type::duration>(
-      std::chrono::duration<double>(opts.idle_timeout_s));
-  const auto connect_timeout = std::chrono::duration_cast<std::chrono::nanoseconds>(
-      std::chrono::duration<double>(opts.connect_timeout_s));
+      std::chrono::duration<double>(st.opts.idle_timeout_s));
   std::unique_ptr<connection> conn;
   if (!ln.idle[ti].empty()) {
     conn = std::move(ln.idle[ti].back());
     ln.idle[ti].pop_back();
   }
-  bool reused = conn != nullptr;
+  const bool reused = conn != nullptr;
   leg_outcome res;
   leg_watch watch;
   std::optional<watch_guard> guard;
-  auto timed_out = [&](const error_code& ec) {
-    return watch.timed_out && (ec == net::error::operation_aborted || !ec);
-  };
   for (int attempt = 0;; ++attempt) {
     guard.reset();
     if (!conn) {
-      conn = std::make_unique<connection>(ln.ioc.get_executor());
-      conn->stream.expires_after(connect_timeout);
-      auto [ec, ep] = co_await conn->stream.async_connect(st.targets[ti].endpoints, tuple_awaitable);
-      if (ec) {
-        res.error = "connect: " + (ec == beast::error::timeout ? std::string("timed out") : ec.message());
-        co_return res;
-      }
-      conn->stream.expires_never();
-      conn->stream.socket().set_option(tcp::no_delay(true), ec);
-      conn->allocate(st.read_chunk);
+      conn = co_await open_connection(ln, st, ti, res.error);
+      if (!conn) co_return res;
     }
     auto& socket = conn->stream.socket();
     watch = leg_watch{};
     watch.socket = &socket;
     guard.emplace(ln, watch, idle_timeout);
+    const bool may_be_stale = reused && attempt == 0;
 
     std::array<net::const_buffer, 2> bufs{net::buffer(head), net::buffer(body)};
     auto [wec, wn] = co_await net::async_write(socket, bufs, tuple_awaitable);
     if (wec || watch.timed_out) {
-      if (reused && attempt == 0 && stale_connection_error(wec)) {
+      if (may_be_stale && stale_connection_error(wec)) {
         conn.reset();
         continue;
       }
-      res.error = "write: " + (timed_out(wec) ? std::string("timed out") : wec.message());
+      res.error = "write: " + (timed_out(watch, wec) ? std::string("timed out") : wec.message());
       co_return res;
     }
     watch.last = clock_type::now();
@@ -350,71 +430,15 @@ net::awaitable<leg_outcome> run_leg(lane& ln, shared_state& st, int ti, std::str
     parser.header_limit(header_limit);
     parser.body_limit(boost::none);  // streams are unbounded; whole bodies are capped by the sink
     parser.eager(true);
-    std::size_t pos = 0;  // conn->buf[pos, used) is not parsed yet
-    bool retry = false;
-    while (!parser.is_done()) {
-      if (pos < conn->used) {
-        error_code pec;
-        const std::size_t n = parser.put(net::buffer(conn->buf.get() + pos, conn->used - pos), pec);
-        pos += n;
-        if (pec && pec != http::error::need_more) {
-          res.error = std::string(parser.is_header_done() ? "read body: " : "read header: ") +
-                      pec.message();
-          co_return res;
-        }
-        if (parser.is_done()) break;
-        if (!pec && n > 0) continue;  // progress; more may be parsed from what is buffered
-      }
-      // Keep the unparsed tail at the front and read behind it.
-      conn->consume(pos);
-      pos = 0;
-      if (conn->used == conn->size) {
-        // A header (or chunk header) larger than the buffer: grow, within the header limit.
-        if (conn->size >= 2 * static_cast<std::size_t>(header_limit)) {
-          res.error = parser.is_header_done() ? "read body: chunk header too long"
-                                              : "read header: header too long";
-          co_return res;
-        }
-        conn->allocate(conn->size * 2);
-      }
-      auto [rec, rn] = co_await socket.async_read_some(
-          net::buffer(conn->buf.get() + conn->used, conn->size - conn->used), tuple_awaitable);
-      // The receive time of these bytes, before any parsing.
-      parser.now = clock_type::now();
-      watch.last = parser.now;
-      conn->used += rn;
-      if (rec == net::error::eof && parser.is_header_done()) {
-        // A body that runs until the connection closes ends here; anything else is cut short.
-        error_code eec;
-        if (conn->used == 0) parser.put_eof(eec);
-        if (conn->used != 0 || eec) {
-          res.error = "read body: " + (eec ? eec.message() : std::string("partial message"));
-          co_return res;
-        }
-        break;
-      }
-      if (rec) {
-        if (!parser.got_some() && conn->used == 0 && reused && attempt == 0 &&
-            stale_connection_error(rec)) {
-          retry = true;
-          break;
-        }
-        const char* what = parser.is_header_done() ? "read body: " : "read header: ";
-        if (timed_out(rec)) {
-          res.error = std::string(what) + (parser.is_header_done() ? "idle timeout" : "timed out");
-        } else {
-          res.error =
-              what + (rec == net::error::eof ? std::string("end of stream") : rec.message());
-        }
-        co_return res;
-      }
-    }
-    if (retry) {
+    read_result r = co_await read_response(*conn, parser, watch, may_be_stale);
+    if (r.end == read_result::stale) {
       conn.reset();
       continue;
     }
-    // Bytes after the response (a pipelining server) stay for the next one.
-    conn->consume(pos);
+    if (r.end == read_result::failed) {
+      res.error = std::move(r.error);
+      co_return res;
+    }
     res.complete = true;
     if (parser.keep_alive()) ln.idle[ti].push_back(std::move(conn));
     co_return res;

@@ -342,6 +342,16 @@ struct api::impl {
   }
 
   std::variant<parsed_request, bad_request> parse(route kind, const std::string& body_text);
+  // What a body asks for: its prompts, and where its sampling parameters are (one object, or one
+  // per item of a batch).
+  struct prompt_set {
+    std::vector<std::vector<std::int32_t>> prompts;
+    const json* sampling = nullptr;
+  };
+  std::optional<bad_request> read_generate_prompts(const json& body, parsed_request& p, prompt_set& out);
+  std::optional<bad_request> read_openai_prompts(const json& body, parsed_request& p, prompt_set& out);
+  std::optional<bad_request> read_sampling(route kind, const json* sp, sim_request& r);
+  std::optional<bad_request> read_bootstrap(const json* room, const json* host, const json* port, sim_request& r);
 
   net::awaitable<void> handle(exchange& ex);
   net::awaitable<void> handle_generate(exchange& ex, route kind);
@@ -392,125 +402,132 @@ std::variant<parsed_request, bad_request> api::impl::parse(route kind,
 
   try {
     p.stream = body.value("stream", false);
-    std::vector<std::vector<std::int32_t>> prompts;
-    const json* sampling = nullptr;
-    std::uint32_t default_max = opts.default_max_new_tokens;
-
-    if (kind == route::generate) {
-      p.return_logprob = body.value("return_logprob", false);
-      const json* text = find_field(body, "text");
-      const json* ids = find_field(body, "input_ids");
-      if (text && text->is_string()) {
-        prompts.push_back(tokenize(text->get_ref<const std::string&>(), opts.chars_per_token));
-      } else if (text && text->is_array()) {
-        p.batch = true;
-        for (auto& t : *text) {
-          if (!t.is_string()) return sglang_value_error("text must be a string or a list of strings");
-          prompts.push_back(tokenize(t.get_ref<const std::string&>(), opts.chars_per_token));
-        }
-      } else if (ids && ids->is_array() && !ids->empty() && ids->front().is_array()) {
-        p.batch = true;
-        for (auto& one : *ids) prompts.push_back(ids_from_json(one));
-      } else if (ids && ids->is_array()) {
-        prompts.push_back(ids_from_json(*ids));
-      } else {
-        return sglang_value_error("Either text, input_ids or input_embeds should be provided.");
-      }
-      sampling = find_field(body, "sampling_params");
-    } else {
-      p.model = body.value("model", opts.model_path);
-      if (auto so = find_field(body, "stream_options"); so && so->is_object())
-        p.include_usage = so->value("include_usage", false);
-      if (kind == route::completions) {
-        const json* prompt = find_field(body, "prompt");
-        if (prompt && prompt->is_string()) {
-          prompts.push_back(tokenize(prompt->get_ref<const std::string&>(), opts.chars_per_token));
-        } else if (prompt && prompt->is_array() && !prompt->empty() &&
-                   prompt->front().is_number_integer()) {
-          prompts.push_back(ids_from_json(*prompt));
-        } else if (prompt && prompt->is_array() && prompt->size() == 1 &&
-                   prompt->front().is_string()) {
-          prompts.push_back(
-              tokenize(prompt->front().get_ref<const std::string&>(), opts.chars_per_token));
-        } else {
-          return bad_request{400, error_response(400, "Bad Request",
-                                                 "prompt must be a string or a list of token ids "
-                                                 "(the simulator takes one prompt per request)")};
-        }
-        if (auto lp = find_field(body, "logprobs"); lp && lp->is_number_integer())
-          p.completion_logprobs = lp->get<int>();
-      } else {
-        const json* messages = find_field(body, "messages");
-        if (!messages || !messages->is_array() || messages->empty())
-          return bad_request{400, error_response(400, "Bad Request", "Messages cannot be empty.")};
-        prompts.push_back(tokenize(chat_prompt(*messages), opts.chars_per_token));
-        p.chat_logprobs = body.value("logprobs", false);
-      }
-      p.return_logprob = p.completion_logprobs.has_value() || p.chat_logprobs;
-      sampling = &body;  // OpenAI puts max_tokens and stop at the top level
-    }
-
+    prompt_set asked;
+    if (auto bad = kind == route::generate ? read_generate_prompts(body, p, asked) : read_openai_prompts(body, p, asked))
+      return *bad;
     const json* rid = find_field(body, "rid");
     const json* host = find_field(body, "bootstrap_host");
     const json* port = find_field(body, "bootstrap_port");
     const json* room = find_field(body, "bootstrap_room");
-    for (std::size_t i = 0; i < prompts.size(); ++i) {
+    for (std::size_t i = 0; i < asked.prompts.size(); ++i) {
       auto r = std::make_shared<sim_request>();
-      r->input_ids = std::move(prompts[i]);
+      r->input_ids = std::move(asked.prompts[i]);
       r->seed = prompt_seed(r->input_ids);
-      const json* sp = item_value(sampling, i, p.batch);
-      r->max_new_tokens = default_max;
-      if (sp && sp->is_object()) {
-        const char* key = kind == route::generate ? "max_new_tokens" : "max_tokens";
-        const json* mx = find_field(*sp, key);
-        if (!mx && kind == route::chat) mx = find_field(*sp, "max_completion_tokens");
-        if (mx) {
-          if (!mx->is_number_integer() || mx->get<std::int64_t>() < 0)
-            return sglang_value_error(fmt::format("{} must be a non-negative integer", key));
-          r->max_new_tokens = static_cast<std::uint32_t>(
-              std::min<std::int64_t>(mx->get<std::int64_t>(), opts.context_length));
-        }
-        read_stops(find_field(*sp, "stop"), r->stop_strings);
-        if (auto st = find_field(*sp, "stop_token_ids"); st && st->is_array())
-          for (auto& t : *st)
-            if (t.is_number_integer()) r->stop_token_ids.push_back(t.get<std::int32_t>());
-      }
+      if (auto bad = read_sampling(kind, item_value(asked.sampling, i, p.batch), *r)) return *bad;
       const json* rid_i = item_value(rid, i, p.batch);
       r->rid = rid_i && rid_i->is_string() ? rid_i->get<std::string>() : new_rid();
       if (p.batch && rid_i && rid_i->is_string() && !(rid && rid->is_array()))
         r->rid += "-" + std::to_string(i);
-
-      const json* room_i = item_value(room, i, p.batch);
-      const json* host_i = item_value(host, i, p.batch);
-      const json* port_i = item_value(port, i, p.batch);
-      if (!room_i)
-        return sglang_value_error(
-            "bootstrap_room is required: a PD disaggregation worker only serves requests routed "
-            "with bootstrap_host, bootstrap_port and bootstrap_room");
-      if (!host_i || !host_i->is_string())
-        return sglang_value_error(
-            "bootstrap_host is required: a PD disaggregation worker only serves requests routed "
-            "with bootstrap_host, bootstrap_port and bootstrap_room");
-      if (room_i->is_number_unsigned()) {
-        r->bootstrap_room = room_i->get<std::uint64_t>();
-      } else if (room_i->is_number_integer() && room_i->get<std::int64_t>() >= 0) {
-        r->bootstrap_room = static_cast<std::uint64_t>(room_i->get<std::int64_t>());
-      } else {
-        return sglang_value_error("bootstrap_room must be a non-negative integer");
-      }
-      r->bootstrap_host = host_i->get<std::string>();
-      if (port_i) {
-        if (!port_i->is_number_integer() || port_i->get<std::int64_t>() <= 0 ||
-            port_i->get<std::int64_t>() > 65535)
-          return sglang_value_error("bootstrap_port must be a port number");
-        r->bootstrap_port = static_cast<std::uint16_t>(port_i->get<std::int64_t>());
-      }
+      if (auto bad = read_bootstrap(item_value(room, i, p.batch), item_value(host, i, p.batch),
+                                    item_value(port, i, p.batch), *r))
+        return *bad;
       p.items.push_back(std::move(r));
     }
   } catch (const std::exception& e) {
     return bad_request{400, error_response(400, "Bad Request", e.what())};
   }
   return p;
+}
+
+// /generate: text (one or a batch) or input_ids (one or a batch); sampling_params beside them.
+std::optional<bad_request> api::impl::read_generate_prompts(const json& body, parsed_request& p, prompt_set& out) {
+  p.return_logprob = body.value("return_logprob", false);
+  const json* text = find_field(body, "text");
+  const json* ids = find_field(body, "input_ids");
+  if (text && text->is_string()) {
+    out.prompts.push_back(tokenize(text->get_ref<const std::string&>(), opts.chars_per_token));
+  } else if (text && text->is_array()) {
+    p.batch = true;
+    for (auto& t : *text) {
+      if (!t.is_string()) return sglang_value_error("text must be a string or a list of strings");
+      out.prompts.push_back(tokenize(t.get_ref<const std::string&>(), opts.chars_per_token));
+    }
+  } else if (ids && ids->is_array() && !ids->empty() && ids->front().is_array()) {
+    p.batch = true;
+    for (auto& one : *ids) out.prompts.push_back(ids_from_json(one));
+  } else if (ids && ids->is_array()) {
+    out.prompts.push_back(ids_from_json(*ids));
+  } else {
+    return sglang_value_error("Either text, input_ids or input_embeds should be provided.");
+  }
+  out.sampling = find_field(body, "sampling_params");
+  return std::nullopt;
+}
+
+// /v1/completions (one prompt: text or token ids) and /v1/chat/completions (messages); OpenAI puts
+// max_tokens and stop at the top level.
+std::optional<bad_request> api::impl::read_openai_prompts(const json& body, parsed_request& p, prompt_set& out) {
+  p.model = body.value("model", opts.model_path);
+  if (auto so = find_field(body, "stream_options"); so && so->is_object())
+    p.include_usage = so->value("include_usage", false);
+  if (p.kind == route::completions) {
+    const json* prompt = find_field(body, "prompt");
+    if (prompt && prompt->is_string()) {
+      out.prompts.push_back(tokenize(prompt->get_ref<const std::string&>(), opts.chars_per_token));
+    } else if (prompt && prompt->is_array() && !prompt->empty() && prompt->front().is_number_integer()) {
+      out.prompts.push_back(ids_from_json(*prompt));
+    } else if (prompt && prompt->is_array() && prompt->size() == 1 && prompt->front().is_string()) {
+      out.prompts.push_back(tokenize(prompt->front().get_ref<const std::string&>(), opts.chars_per_token));
+    } else {
+      return bad_request{400, error_response(400, "Bad Request",
+                                             "prompt must be a string or a list of token ids "
+                                             "(the simulator takes one prompt per request)")};
+    }
+    if (auto lp = find_field(body, "logprobs"); lp && lp->is_number_integer())
+      p.completion_logprobs = lp->get<int>();
+  } else {
+    const json* messages = find_field(body, "messages");
+    if (!messages || !messages->is_array() || messages->empty())
+      return bad_request{400, error_response(400, "Bad Request", "Messages cannot be empty.")};
+    out.prompts.push_back(tokenize(chat_prompt(*messages), opts.chars_per_token));
+    p.chat_logprobs = body.value("logprobs", false);
+  }
+  p.return_logprob = p.completion_logprobs.has_value() || p.chat_logprobs;
+  out.sampling = &body;
+  return std::nullopt;
+}
+
+// One item's sampling parameters (`sp`, null for none): its token budget and stops.
+std::optional<bad_request> api::impl::read_sampling(route kind, const json* sp, sim_request& r) {
+  r.max_new_tokens = opts.default_max_new_tokens;
+  if (!sp || !sp->is_object()) return std::nullopt;
+  const char* key = kind == route::generate ? "max_new_tokens" : "max_tokens";
+  const json* mx = find_field(*sp, key);
+  if (!mx && kind == route::chat) mx = find_field(*sp, "max_completion_tokens");
+  if (mx) {
+    if (!mx->is_number_integer() || mx->get<std::int64_t>() < 0)
+      return sglang_value_error(fmt::format("{} must be a non-negative integer", key));
+    r.max_new_tokens = static_cast<std::uint32_t>(std::min<std::int64_t>(mx->get<std::int64_t>(), opts.context_length));
+  }
+  read_stops(find_field(*sp, "stop"), r.stop_strings);
+  if (auto st = find_field(*sp, "stop_token_ids"); st && st->is_array())
+    for (auto& t : *st)
+      if (t.is_number_integer()) r.stop_token_ids.push_back(t.get<std::int32_t>());
+  return std::nullopt;
+}
+
+// One item's bootstrap fields, as a PD worker requires them: room and host always, port if given.
+std::optional<bad_request> api::impl::read_bootstrap(const json* room, const json* host, const json* port,
+                                                     sim_request& r) {
+  constexpr std::string_view routed =
+      " is required: a PD disaggregation worker only serves requests routed with bootstrap_host, "
+      "bootstrap_port and bootstrap_room";
+  if (!room) return sglang_value_error("bootstrap_room" + std::string(routed));
+  if (!host || !host->is_string()) return sglang_value_error("bootstrap_host" + std::string(routed));
+  if (room->is_number_unsigned()) {
+    r.bootstrap_room = room->get<std::uint64_t>();
+  } else if (room->is_number_integer() && room->get<std::int64_t>() >= 0) {
+    r.bootstrap_room = static_cast<std::uint64_t>(room->get<std::int64_t>());
+  } else {
+    return sglang_value_error("bootstrap_room must be a non-negative integer");
+  }
+  r.bootstrap_host = host->get<std::string>();
+  if (port) {
+    if (!port->is_number_integer() || port->get<std::int64_t>() <= 0 || port->get<std::int64_t>() > 65535)
+      return sglang_value_error("bootstrap_port must be a port number");
+    r.bootstrap_port = static_cast<std::uint16_t>(port->get<std::int64_t>());
+  }
+  return std::nullopt;
 }
 
 // ---------------------------------------------------------------------------------------------
