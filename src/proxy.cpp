@@ -803,8 +803,8 @@ net::awaitable<void> load_balancer::handle_slow_down(exchange& ex) {
   co_await ex.respond(http::status::ok, out.dump());
 }
 
-std::string load_balancer::metrics_text() const {
-  pdlb::metrics_text out;
+// Requests: counted per server thread, summed here.
+void load_balancer::append_request_metrics(pdlb::metrics_text& out) const {
   auto each_thread = [&](auto&& f) {
     for (const thread_context* t : threads_) f(t->metrics());
   };
@@ -876,8 +876,10 @@ std::string load_balancer::metrics_text() const {
       metrics_text::label(l, "reason", to_string(static_cast<cancel_reason>(r)));
       out.sample("pdlb_cancelled_legs_total", l, n);
     }
+}
 
-  // Per worker. One server may be listed in both roles: its series differ by role.
+// Per worker. One server may be listed in both roles: its series differ by role.
+void load_balancer::append_worker_metrics(pdlb::metrics_text& out) const {
   const auto set = registry_.snapshot();
   const auto now = std::chrono::steady_clock::now();
   std::vector<std::pair<const worker*, std::string>> workers;  // with their worker,role labels
@@ -923,21 +925,25 @@ std::string load_balancer::metrics_text() const {
   }
   out.family("pdlb_ejections_total", "counter", "Times a worker was ejected by passive failure detection.");
   for (auto& [w, l] : workers) out.sample("pdlb_ejections_total", l, w->ejections.load(std::memory_order_relaxed));
+}
 
-  // Connections belong to the server, not to a role: one series per URL, summed over its roles.
+// Connections belong to the server, not to a role: one series per URL, summed over its roles.
+void load_balancer::append_connection_metrics(pdlb::metrics_text& out) const {
+  const auto set = registry_.snapshot();
   struct host_counts {
     std::string_view url;
     std::size_t open = 0, idle = 0;
     std::uint64_t connects = 0;
   };
   std::vector<host_counts> hosts;
-  for (auto& [w, l] : workers) {
-    auto it = std::find_if(hosts.begin(), hosts.end(), [&](const auto& h) { return h.url == w->url(); });
-    if (it == hosts.end()) it = hosts.insert(hosts.end(), host_counts{w->url()});
-    it->open += w->host->open_connections();
-    it->idle += w->host->idle_connections();
-    it->connects += w->host->connects();
-  }
+  for (auto role : {worker_role::prefill, worker_role::decode})
+    for (const auto& w : set->of(role)) {
+      auto it = std::find_if(hosts.begin(), hosts.end(), [&](const auto& h) { return h.url == w->url(); });
+      if (it == hosts.end()) it = hosts.insert(hosts.end(), host_counts{w->url()});
+      it->open += w->host->open_connections();
+      it->idle += w->host->idle_connections();
+      it->connects += w->host->connects();
+    }
   out.family("pdlb_worker_connections", "gauge",
              "Connections to a worker: idle (pooled) or busy (carrying a request, or connecting).");
   for (const auto& h : hosts) {
@@ -956,6 +962,13 @@ std::string load_balancer::metrics_text() const {
     metrics_text::label(l, "worker", h.url);
     out.sample("pdlb_worker_connects_total", l, h.connects);
   }
+}
+
+std::string load_balancer::metrics_text() const {
+  pdlb::metrics_text out;
+  append_request_metrics(out);
+  append_worker_metrics(out);
+  append_connection_metrics(out);
   append_process_metrics(out);
   return out.text();
 }

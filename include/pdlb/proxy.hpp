@@ -69,6 +69,10 @@ class load_balancer {
   std::string metrics_text() const;
 
  private:
+  // The parts of metrics_text(): requests (summed over threads), workers, their connections.
+  void append_request_metrics(pdlb::metrics_text& out) const;
+  void append_worker_metrics(pdlb::metrics_text& out) const;
+  void append_connection_metrics(pdlb::metrics_text& out) const;
   friend class pd_request;
   net::awaitable<void> dispatch(exchange& ex, request_record& record);
   /// A worker of `role` for a new request (see pick_worker_for); logs when a role enters or
