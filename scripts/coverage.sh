@@ -11,8 +11,7 @@ jobs=$(nproc)
 
 echo "=== build $dir (--coverage)"
 # -O1 as in the sanitizer builds: -O0 makes the timing-bound tests slow, and line counts stay usable.
-cmake -S . -B "$dir" -G Ninja -DCMAKE_BUILD_TYPE=None "-DCMAKE_CXX_FLAGS=-O1 -g1 -DNDEBUG" \
-  -DPDLB_COVERAGE=ON >/dev/null
+cmake --preset coverage -B "$dir" >/dev/null  # CMakePresets.json; -B: the directory asked for
 cmake --build "$dir" -j "$jobs"
 
 # Counts from an earlier run would add up with this one's.

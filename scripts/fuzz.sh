@@ -2,7 +2,7 @@
 # Runs every libFuzzer target for a while, each from its seed corpus in tests/fuzz/corpus.
 #   scripts/fuzz.sh [BUILD_DIR] [SECONDS_PER_TARGET]     (defaults: build-fuzz 30)
 #   PDLB_FUZZ_TARGETS="fuzz_sse fuzz_rewrite" scripts/fuzz.sh ...   runs only those targets
-# Build first:  cmake -S . -B build-fuzz -G Ninja -DCMAKE_CXX_COMPILER=clang++-14 -DPDLB_FUZZ=ON -DPDLB_BUILD_TESTS=OFF
+# Build first:  cmake --preset fuzz   (CMakePresets.json: clang-14, build-fuzz/)
 #               ninja -C build-fuzz pdlb_fuzz
 # New inputs go to a scratch directory, not the source tree. A finding stops the run (exit 1) and
 # leaves a crash-* file in the scratch directory, whose path is printed.
