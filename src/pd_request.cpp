@@ -264,7 +264,9 @@ worker* pd_request::judge_workers(const attempt_result& r, attempt_verdict verdi
     if (!leg.target) return;
     if (leg.end == leg_end::answered) {
       if (leg.status >= 500)
-        lb_.record_failure(*leg.target, failure_kind::status, "answered " + std::to_string(leg.status));
+        lb_.record_failure(*leg.target,
+                           reports_kv_handoff_failure(leg.body) ? failure_kind::bootstrap : failure_kind::status,
+                           "answered " + std::to_string(leg.status));
       else
         leg.target->record_success();
     } else if (leg.end == leg_end::failed && leg.worker_fault) {

@@ -895,9 +895,11 @@ void load_balancer::append_worker_metrics(pdlb::metrics_text& out) const {
   out.family("pdlb_worker_requests_in_flight", "gauge", "Requests in flight on a worker through this pdlb.");
   for (auto& [w, l] : workers)
     out.sample("pdlb_worker_requests_in_flight", l, static_cast<double>(w->in_flight.load(std::memory_order_relaxed)));
-  out.family("pdlb_worker_errors_total", "counter", "A worker's failures, by kind (connect, timeout, reset, status).");
+  out.family("pdlb_worker_errors_total", "counter",
+             "A worker's failures, by kind (connect, timeout, reset, status, bootstrap: a failed KV hand-off).");
   for (auto& [w, l] : workers)
-    for (auto kind : {failure_kind::connect, failure_kind::timeout, failure_kind::reset, failure_kind::status}) {
+    for (auto kind : {failure_kind::connect, failure_kind::timeout, failure_kind::reset, failure_kind::status,
+                      failure_kind::bootstrap}) {
       std::uint64_t n = w->failures_by_kind[static_cast<std::size_t>(kind)].load(std::memory_order_relaxed);
       // A refused connection is a connect failure that also ejects at once.
       if (kind == failure_kind::connect)

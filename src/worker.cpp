@@ -24,8 +24,15 @@ std::string_view to_string(failure_kind k) {
     case failure_kind::timeout: return "timeout";
     case failure_kind::reset: return "reset";
     case failure_kind::status: return "status";
+    case failure_kind::bootstrap: return "bootstrap";
   }
   return "?";
+}
+
+bool reports_kv_handoff_failure(std::string_view body) {
+  for (std::string_view marker : {"transfer failed for request", "handshake failed for request", "KVTransferError"})
+    if (body.find(marker) != std::string_view::npos) return true;
+  return false;
 }
 
 worker::worker(worker_role r, std::optional<std::uint16_t> port, std::unique_ptr<upstream_host> h,

@@ -47,10 +47,18 @@ enum class failure_kind {
   timeout,  ///< No answer (or no next piece of it) within --timeout.
   reset,    ///< The connection broke: reset, closed mid-answer, malformed answer.
   status,   ///< A 5xx answer.
+  /// A 5xx answer reporting that the pair's KV hand-off failed (see reports_kv_handoff_failure).
+  bootstrap,
 };
 /// Number of failure kinds (for per-kind counters).
-inline constexpr std::size_t failure_kinds = 5;
+inline constexpr std::size_t failure_kinds = 6;
 std::string_view to_string(failure_kind k);
+
+/// True if a worker's error answer says that the KV hand-off between the prefill and the decode
+/// failed: SGLang aborts such a request with 500 and "Prefill transfer failed for request ...",
+/// "Decode transfer failed for request ..." or "Decode handshake failed for request ...", most with
+/// a KVTransferError (python/sglang/srt/disaggregation/prefill.py and decode.py).
+bool reports_kv_handoff_failure(std::string_view body);
 
 /// Active health check settings (--health-check-failures, --health-check-passes).
 struct check_policy {

@@ -2,6 +2,8 @@
 // each counter and histogram count by exactly what happened.
 #include "integration/cluster.hpp"
 
+#include <gmock/gmock.h>
+
 #include <cstdio>
 #include <cstdlib>
 #include <fstream>
@@ -248,6 +250,21 @@ TEST(Metrics, AMetricsPortServesTheSameScrapeOnAListenerOfItsOwn) {
   EXPECT_EQ(post.status, 405u);
   EXPECT_EQ(post.header("allow"), "GET");
   EXPECT_EQ(http_request(lb->port(), "GET", "/metrics").status, 200u);
+}
+
+TEST(Metrics, AFailedKvHandOffIsCountedAsABootstrapError) {
+  // A prefill listed without a bootstrap port: the decode cannot fetch the KV and answers 500 with
+  // SGLang's "Decode transfer failed ... KVTransferError" (pdlb-sim says it as SGLang does).
+  auto p = sim_worker::start("prefill");
+  auto d = sim_worker::start("decode");
+  auto lb = pdlb_process::start({"--prefill", p->url(), "none", "--decode", d->url(), "--max-retries", "0"});
+  auto r = http_request(lb->port(), "POST", "/generate", small_request().dump());
+  EXPECT_EQ(r.status, 500u) << r.body;
+  EXPECT_THAT(r.body, ::testing::HasSubstr("KVTransferError"));
+  auto s = parse_metrics(http_request(lb->port(), "GET", "/metrics").body);
+  EXPECT_EQ(value(s, worker_key("pdlb_worker_errors_total", *d, "decode", ",kind=\"bootstrap\"")), 1);
+  EXPECT_EQ(value(s, worker_key("pdlb_worker_errors_total", *d, "decode", ",kind=\"status\"")), 0);
+  EXPECT_EQ(value(s, worker_key("pdlb_worker_errors_total", *p, "prefill", ",kind=\"bootstrap\"")), 0);
 }
 
 }  // namespace pdlb::test

@@ -212,3 +212,18 @@ TEST(LoadSource, Po2ComparesLocalPlusReportedLoad) {
 }
 
 }  // namespace
+
+// The failure kind of a 5xx answer: SGLang's words for a failed KV hand-off (prefill.py, decode.py;
+// the decode's answer as a user saw it, with the error object SGLang's OpenAI routes send).
+TEST(KvHandoffFailure, SglangsTransferAndHandshakeFailuresAreRecognised) {
+  EXPECT_TRUE(pdlb::reports_kv_handoff_failure(
+      R"({"error":{"type":"Internal Server Error","code":"decode_internal_error","message":"Decode transfer failed )"
+      R"(for request rank=0 decode_req.req.rid='9fc6' decode_req.req.bootstrap_room=35 with exception )"
+      R"(KVTransferError(bootstrap_room=35): Failed to get kvcache from prefill instance"}})"));
+  EXPECT_TRUE(pdlb::reports_kv_handoff_failure(
+      "Prefill transfer failed for request rank=4 req.rid='af2f' req.bootstrap_room=69 with exception "
+      "KVTransferError(bootstrap_room=69): Decode instance could be dead"));
+  EXPECT_TRUE(pdlb::reports_kv_handoff_failure("Decode handshake failed for request rank=0 decode_req.req.rid='x'"));
+  EXPECT_FALSE(pdlb::reports_kv_handoff_failure(R"({"error":{"message":"CUDA out of memory"}})"));
+  EXPECT_FALSE(pdlb::reports_kv_handoff_failure(""));
+}
