@@ -693,6 +693,15 @@ thread_context& http_server::thread_ctx(std::size_t i) { return *impl_->threads.
 
 std::size_t http_server::thread_count() const { return impl_->contexts.size(); }
 
+void http_server::set_request_limits(std::uint64_t body_limit, std::chrono::milliseconds header_timeout,
+                                     std::chrono::milliseconds body_idle_timeout,
+                                     std::chrono::milliseconds write_timeout) {
+  impl_->opts.body_limit = body_limit;
+  impl_->opts.header_timeout = header_timeout;
+  impl_->opts.body_idle_timeout = body_idle_timeout;
+  impl_->opts.write_timeout = write_timeout;
+}
+
 void http_server::run() {
   std::vector<std::thread> workers;
   for (std::size_t i = 1; i < impl_->contexts.size(); ++i)

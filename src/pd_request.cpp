@@ -132,7 +132,8 @@ std::unique_ptr<Result> failed_leg(worker_call& wc, const error_code& ec) {
   r.failure = describe_failure(wc.target(), wc.call(), ec);
   r.failure_status = status_for(ec);
   r.kind = kind_of(ec, wc.call().where());
-  r.worker_fault = ec != upstream_errc::pool_exhausted;
+  // pdlb's own limits are nobody's failure: no free connection slot, an answer over --max-body-size.
+  r.worker_fault = ec != upstream_errc::pool_exhausted && ec != upstream_errc::response_too_large;
   return out;
 }
 

@@ -153,13 +153,6 @@ std::optional<std::string> query_param(std::string_view query, std::string_view 
   return std::nullopt;
 }
 
-upstream_options upstream_options_of(const config& cfg) {
-  upstream_options uo;
-  uo.connect_timeout = cfg.connect_timeout;
-  uo.response_timeout = cfg.timeout;
-  uo.idle_timeout = cfg.upstream_idle_timeout;
-  return uo;
-}
 
 health_policy health_policy_of(const config& cfg) {
   health_policy h;
@@ -177,6 +170,14 @@ std::vector<worker*> all_workers(const worker_set& set) {
 }
 
 }  // namespace
+
+upstream_options upstream_options_of(const config& cfg) {
+  upstream_options uo;
+  uo.connect_timeout = cfg.connect_timeout;
+  uo.response_timeout = cfg.timeout;
+  uo.idle_timeout = cfg.upstream_idle_timeout;
+  return uo;
+}
 
 load_balancer::load_balancer(const config& cfg)
     : cfg_(cfg),

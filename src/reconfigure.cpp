@@ -14,11 +14,6 @@ reconfigure_result load_balancer::reconfigure(const config& next) {
   auto live = [&](bool changed, const char* name) {
     if (changed) r.applied.emplace_back(name);
   };
-  // Not yet live: timeouts and connector limits are copied into each upstream_host and the shared
-  // conn_limiter when they are built.
-  auto restart = [&](bool changed, const char* name) {
-    if (changed) r.needs_restart.emplace_back(name);
-  };
   live(next.policy != cfg_.policy, "policy");
   live(next.api_key != cfg_.api_key, "api-key");
   live(next.admin_api_key != cfg_.admin_api_key, "admin-api-key");
@@ -66,11 +61,25 @@ reconfigure_result load_balancer::reconfigure(const config& next) {
   sync(worker_role::decode, decode_list(cfg_.decode), decode_list(next.decode), "decode");
   cfg_.prefill = next.prefill;
   cfg_.decode = next.decode;
-  restart(next.timeout != cfg_.timeout, "timeout");
-  restart(next.connect_timeout != cfg_.connect_timeout, "connect-timeout");
-  restart(next.upstream_idle_timeout != cfg_.upstream_idle_timeout, "upstream-idle-timeout");
-  restart(next.connector_limit != cfg_.connector_limit, "connector-limit");
-  restart(next.connector_limit_per_host != cfg_.connector_limit_per_host, "connector-limit-per-host");
+  // Timeouts and connector limits, for every worker's calls from now on (waits already begun keep
+  // theirs).
+  const bool upstream_changed = next.timeout != cfg_.timeout || next.connect_timeout != cfg_.connect_timeout ||
+                                next.upstream_idle_timeout != cfg_.upstream_idle_timeout ||
+                                next.connector_limit != cfg_.connector_limit ||
+                                next.connector_limit_per_host != cfg_.connector_limit_per_host;
+  live(next.timeout != cfg_.timeout, "timeout");
+  live(next.connect_timeout != cfg_.connect_timeout, "connect-timeout");
+  live(next.upstream_idle_timeout != cfg_.upstream_idle_timeout, "upstream-idle-timeout");
+  live(next.connector_limit != cfg_.connector_limit, "connector-limit");
+  live(next.connector_limit_per_host != cfg_.connector_limit_per_host, "connector-limit-per-host");
+  cfg_.timeout = next.timeout;
+  cfg_.connect_timeout = next.connect_timeout;
+  cfg_.upstream_idle_timeout = next.upstream_idle_timeout;
+  cfg_.connector_limit = next.connector_limit;
+  cfg_.connector_limit_per_host = next.connector_limit_per_host;
+  cfg_.max_body_size = next.max_body_size;  // also the largest worker answer read (reported by the service)
+  if (upstream_changed)
+    registry_.reconfigure(upstream_options_of(cfg_), cfg_.connector_limit_per_host, cfg_.connector_limit);
   return r;
 }
 

@@ -49,9 +49,10 @@ void diff_service_settings(const config& now, const config& next, reload_report&
   check(now.host != next.host, "host", false);
   check(now.port != next.port, "port", false);
   check(now.threads != next.threads, "threads", false);
-  check(now.max_body_size != next.max_body_size, "max-body-size", false);
-  check(now.client_header_timeout != next.client_header_timeout, "client-header-timeout", false);
-  check(now.client_body_timeout != next.client_body_timeout, "client-body-timeout", false);
+  check(now.metrics_port != next.metrics_port, "metrics-port", false);
+  check(now.max_body_size != next.max_body_size, "max-body-size", true);
+  check(now.client_header_timeout != next.client_header_timeout, "client-header-timeout", true);
+  check(now.client_body_timeout != next.client_body_timeout, "client-body-timeout", true);
 }
 
 std::string joined(const std::vector<std::string>& names) {
@@ -357,6 +358,8 @@ reload_report service::apply(const config& next) {
   diff_service_settings(cfg_, next, report);
   // The load balancer is read by every I/O thread: it takes the new settings while they are parked.
   with_io_threads_parked([&] {
+    server_->set_request_limits(next.max_body_size, next.client_header_timeout, next.client_body_timeout,
+                                next.timeout);
     auto lb_report = lb_->reconfigure(next);
     report.applied.insert(report.applied.end(), lb_report.applied.begin(), lb_report.applied.end());
     report.needs_restart.insert(report.needs_restart.end(), lb_report.needs_restart.begin(),
@@ -370,6 +373,9 @@ reload_report service::apply(const config& next) {
   cfg_.log_format = next.log_format;
   cfg_.log_interval = next.log_interval;
   cfg_.shutdown_grace = next.shutdown_grace;
+  cfg_.max_body_size = next.max_body_size;
+  cfg_.client_header_timeout = next.client_header_timeout;
+  cfg_.client_body_timeout = next.client_body_timeout;
   if (restart_status_log && status_timer_) {
     status_timer_->cancel();
     schedule_status_log();

@@ -125,11 +125,12 @@ void conn_limiter::release(std::size_t n) {
   std::vector<std::shared_ptr<waiter>> woken;
   {
     std::lock_guard lock(mutex_);
-    // Each slot goes straight to the longest waiter; `used_` drops only when nobody waits.
+    // Each slot goes straight to the longest waiter; `used_` drops only when nobody waits, or
+    // when more are in use than a lowered limit allows.
     for (; n > 0; --n) {
-      if (waiters_.empty()) {
-        used_ -= n;
-        break;
+      if (waiters_.empty() || used_ > limit_) {
+        --used_;
+        continue;
       }
       auto& front = waiters_.front();
       if (--front->needed == 0) {
@@ -141,6 +142,25 @@ void conn_limiter::release(std::size_t n) {
     }
   }
   // A timer belongs to its waiter's thread: cancel it there. The shared_ptr keeps it alive.
+  for (auto& w : woken) net::post(w->timer.get_executor(), [w] { w->timer.cancel(); });
+}
+
+void conn_limiter::set_limit(std::size_t limit) {
+  std::vector<std::shared_ptr<waiter>> woken;
+  {
+    std::lock_guard lock(mutex_);
+    limit_ = limit;
+    while (!waiters_.empty() && used_ < limit_) {
+      auto& front = waiters_.front();
+      ++used_;
+      if (--front->needed == 0) {
+        front->granted = true;
+        woken.push_back(std::move(front));
+        waiters_.pop_front();
+      }
+    }
+    waiting_.store(waiters_.size(), std::memory_order_relaxed);
+  }
   for (auto& w : woken) net::post(w->timer.get_executor(), [w] { w->timer.cancel(); });
 }
 
@@ -254,6 +274,11 @@ std::size_t upstream_host::idle_connections() const {
 }
 
 void upstream_host::retire() { impl_->retired.store(true, std::memory_order_relaxed); }
+
+void upstream_host::reconfigure(const upstream_options& opts, std::size_t per_host_limit) {
+  impl_->opts = opts;
+  impl_->host_limit.set_limit(per_host_limit);
+}
 
 // ---------------------------------------------------------------------------------------------
 // upstream_pools

@@ -111,6 +111,16 @@ worker_registry::worker_registry(upstream_options opts, std::size_t per_host_lim
 
 worker_registry::~worker_registry() = default;
 
+void worker_registry::reconfigure(const upstream_options& opts, std::size_t per_host_limit, std::size_t global_limit) {
+  std::lock_guard lock(change_mutex_);
+  opts_ = opts;
+  per_host_limit_ = per_host_limit;
+  global_limit_->set_limit(global_limit);
+  const auto set = snapshot();
+  for (auto role : {worker_role::prefill, worker_role::decode})
+    for (const auto& w : set->of(role)) w->host->reconfigure(opts, per_host_limit);
+}
+
 void worker_registry::publish(std::shared_ptr<const worker_set> next) {
   current_.store(std::move(next), std::memory_order_release);
 }

@@ -140,6 +140,11 @@ class http_server {
   /// Runs all threads (the calling one is thread 0) until the server has stopped.
   void run();
 
+  /// New limits for requests read from now on (a reload): body size, header and body timeouts, and
+  /// the write timeout. Only while no I/O thread runs a handler or a read (the service parks them).
+  void set_request_limits(std::uint64_t body_limit, std::chrono::milliseconds header_timeout,
+                          std::chrono::milliseconds body_idle_timeout, std::chrono::milliseconds write_timeout);
+
   /// Graceful shutdown, callable from any thread: stop accepting, close idle connections, let
   /// requests in flight finish for up to `grace`, then cancel the rest. `on_drained` runs (on thread
   /// 0) once no request is in flight; run() returns once everything else posted has finished.

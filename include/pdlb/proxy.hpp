@@ -34,6 +34,9 @@ struct reconfigure_result {
   std::vector<std::string> needs_restart;  ///< Settings that changed but were left as they are.
 };
 
+/// The timeouts of the calls to workers that a configuration asks for.
+upstream_options upstream_options_of(const config& cfg);
+
 class load_balancer {
  public:
   explicit load_balancer(const config& cfg);

@@ -54,6 +54,9 @@ class conn_limiter {
   net::awaitable<error_code> acquire(std::chrono::steady_clock::time_point deadline, std::size_t n = 1);
   /// Gives `n` slots back (to the longest waiters, if any).
   void release(std::size_t n = 1);
+  /// Changes the limit (a reload): a higher one serves waiters at once; under a lower one, slots in
+  /// use above it are given back as they are released.
+  void set_limit(std::size_t limit);
   /// Slots in use.
   std::size_t used() const;
   /// True if somebody waits for a slot.
@@ -107,6 +110,9 @@ class upstream_host {
   std::size_t idle_connections() const;
   /// The worker left: each thread closes its idle connections to it at its next prune.
   void retire();
+  /// New timeouts and a new per-worker limit (a reload). Only while no thread uses this host: the
+  /// service parks the I/O threads for it. Calls waiting already keep the timeout they began with.
+  void reconfigure(const upstream_options& opts, std::size_t per_host_limit);
 
  private:
   struct impl;  // defined in upstream.cpp

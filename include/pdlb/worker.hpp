@@ -181,6 +181,9 @@ class worker_registry {
   void sweep();
   /// The connector limit shared by every worker's connections.
   conn_limiter& global_limit() { return *global_limit_; }
+  /// New timeouts and connector limits for every worker, listed or added later (a reload; only
+  /// while the I/O threads are parked, see upstream_host::reconfigure).
+  void reconfigure(const upstream_options& opts, std::size_t per_host_limit, std::size_t global_limit);
   /// Finds a listed worker by URL (draining ones included).
   std::shared_ptr<worker> find(std::string_view url) const;
 

@@ -204,6 +204,41 @@ TEST(Reload, AWorkerListChangeTakesEffectLiveNewWorkersJoinRemovedOnesDrain) {
   EXPECT_EQ(second_decode[0]->stats()["received"], 1);
 }
 
+TEST(Reload, TimeoutsAndLimitsApplyToTheNextRequests) {
+  auto c = cluster::start(1, 1);
+  c->lb.reset();
+  temp_dir dir;
+  const std::string workers = workers_toml(c->prefill, c->decode);
+  running_service s(dir.write("pdlb.toml", base_toml(workers)));
+  const std::string body = generate(false, 2).dump();
+  ASSERT_EQ(http_request(s.port(), "POST", "/generate", body).status, 200u);
+
+  // Top-level keys before the worker tables (after them they would belong to the last table).
+  // (max-body-size also bounds the workers' answers, a few hundred bytes here.)
+  dir.write("pdlb.toml", base_toml("timeout = 1\nmax-body-size = 4000\nconnector-limit = 4\n"
+                                   "connector-limit-per-host = 2\nclient-header-timeout = 30\n" + workers));
+  auto r = s.reload();
+  ASSERT_TRUE(r.ok) << r.error;
+  for (const char* name : {"timeout", "max-body-size", "connector-limit", "connector-limit-per-host",
+                           "client-header-timeout"})
+    EXPECT_THAT(r.applied, Contains(name));
+  EXPECT_TRUE(r.needs_restart.empty()) << r.needs_restart.front();
+
+  // The new connector limits still serve requests (a PD request takes two connections at once).
+  EXPECT_EQ(http_request(s.port(), "POST", "/generate", body).status, 200u);
+  // A body over the new limit: 413.
+  auto big = http_request(s.port(), "POST", "/generate", body + std::string(4000, ' '));
+  EXPECT_EQ(big.status, 413u) << big.body;
+  // A stalled decode: cut after the new one-second timeout, not the 600 s it was.
+  post_json(*c->decode[0], "/sim/fault", {{"stall", true}});
+  const auto t0 = std::chrono::steady_clock::now();
+  auto stalled = http_request(s.port(), "POST", "/generate", body, {}, 30s);
+  const auto took = std::chrono::steady_clock::now() - t0;
+  EXPECT_EQ(stalled.status, 504u) << stalled.body;
+  EXPECT_LT(took, 10s);
+  EXPECT_EQ(s.stop_and_wait(), 0);
+}
+
 TEST(Reload, RequestsInFlightAreNotDisturbed) {
   auto c = cluster::start(1, 1);
   c->lb.reset();

@@ -119,4 +119,35 @@ TEST(ConnLimiter, AWaiterForTwoThatGivesUpReturnsTheSlotItWasHanded) {
   EXPECT_TRUE(l.try_acquire());
 }
 
+TEST(ConnLimiter, ARaisedLimitServesWaitersAtOnceAndALoweredOneHoldsBackReleasedSlots) {
+  net::io_context ioc;
+  pdlb::conn_limiter l(1);
+  ASSERT_TRUE(l.try_acquire());
+  std::optional<pdlb::error_code> got;
+  net::co_spawn(ioc, l.acquire(clock_type::now() + 10s), [&](std::exception_ptr, pdlb::error_code ec) { got = ec; });
+  ioc.poll();
+  ASSERT_TRUE(l.has_waiters());
+  l.set_limit(2);  // a reload raised it
+  ioc.run_for(1s);
+  ASSERT_TRUE(got.has_value());
+  EXPECT_FALSE(*got);
+  EXPECT_EQ(l.used(), 2u);
+
+  l.set_limit(1);  // lowered below what is in use: nothing is taken away
+  EXPECT_EQ(l.used(), 2u);
+  got.reset();
+  ioc.restart();  // it ran out of work above
+  net::co_spawn(ioc, l.acquire(clock_type::now() + 10s), [&](std::exception_ptr, pdlb::error_code ec) { got = ec; });
+  ioc.poll();
+  l.release();  // 2 in use over a limit of 1: this slot is not handed on
+  ioc.poll();
+  EXPECT_FALSE(got.has_value());
+  EXPECT_EQ(l.used(), 1u);
+  l.release();  // now under the limit: the waiter gets it
+  ioc.run_for(1s);
+  ASSERT_TRUE(got.has_value());
+  EXPECT_FALSE(*got);
+  EXPECT_EQ(l.used(), 1u);
+}
+
 }  // namespace
