@@ -17,7 +17,10 @@ namespace pdlb {
 
 namespace {
 
-// {"time":"2026-11-30T10:42:14.123456Z","level":"info","logger":"pdlb","thread":123,"message":"..."}:
+thread_local const log_fields* current_fields = nullptr;
+
+// {"time":"2026-11-30T10:42:14.123456Z","level":"info","logger":"pdlb","thread":123,
+//  "request_id":"...","worker":"...","message":"..."} (the two fields when a log_fields is in scope):
 // UTC with microseconds so that lines from several hosts sort; the message is escaped with the
 // library's JSON escaper, which also repairs invalid UTF-8 (a worker's error text may be anything).
 class json_formatter final : public spdlog::formatter {
@@ -43,6 +46,16 @@ class json_formatter final : public spdlog::formatter {
     append_json_string(line_, std::string_view(msg.logger_name.data(), msg.logger_name.size()));
     line_ += ",\"thread\":";
     line_ += std::to_string(msg.thread_id);
+    if (const log_fields* f = log_fields::current()) {
+      if (!f->request_id().empty()) {
+        line_ += ",\"request_id\":";
+        append_json_string(line_, f->request_id());
+      }
+      if (!f->worker().empty()) {
+        line_ += ",\"worker\":";
+        append_json_string(line_, f->worker());
+      }
+    }
     line_ += ",\"message\":";
     append_json_string(line_, std::string_view(msg.payload.data(), msg.payload.size()));
     line_ += "}\n";
@@ -76,5 +89,14 @@ void setup_logging(std::string_view name, std::string_view format, std::string_v
 }
 
 void set_log_format(std::string_view format) { spdlog::default_logger()->set_formatter(make_formatter(format)); }
+
+log_fields::log_fields(std::string_view request_id, std::string_view worker)
+    : request_id_(request_id), worker_(worker), outer_(current_fields) {
+  current_fields = this;
+}
+
+log_fields::~log_fields() { current_fields = outer_; }
+
+const log_fields* log_fields::current() { return current_fields; }
 
 }  // namespace pdlb

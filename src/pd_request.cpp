@@ -1,5 +1,7 @@
 #include "pdlb/pd_request.hpp"
 
+#include "pdlb/logging.hpp"
+
 #include "pdlb/policy.hpp"
 #include "pdlb/proxy.hpp"
 #include "pdlb/rewrite.hpp"
@@ -247,6 +249,7 @@ net::awaitable<void> pd_request::serve() {
       ctx_.metrics().retries[static_cast<std::size_t>(why)].add();
       const leg_result& f = verdict == attempt_verdict::prefill_failed ? static_cast<const leg_result&>(r.prefill())
                                                                       : static_cast<const leg_result&>(r.decode());
+      const log_fields fields(record_.id(), blamed->url());
       spdlog::warn("request {}: retrying on another pair (attempt {} of {}): {}", record_.id(), n + 2,
                    lb_.cfg_.max_retries + 1,
                    f.failure.empty() ? "decode worker " + blamed->url() + " answered " + std::to_string(f.status)
@@ -406,6 +409,7 @@ net::awaitable<void> pd_request::answer(attempt_result r) {
       const leg_result& f = verdict == attempt_verdict::prefill_failed
                                 ? static_cast<const leg_result&>(r.prefill())
                                 : static_cast<const leg_result&>(r.decode());
+      const log_fields fields(record_.id(), f.target ? std::string_view(f.target->url()) : std::string_view());
       spdlog::warn("request {} failed: {}", record_.id(), f.failure);
       co_return co_await fail(f.failure_status, f.failure);
     }
@@ -446,6 +450,7 @@ net::awaitable<void> pd_request::relay(worker_call& decode, const prefill_logpro
       lb_.counters_.errors.fetch_add(1, std::memory_order_relaxed);
       const std::string message = describe_failure(decode.target(), decode.call(), ec);
       lb_.record_failure(decode.target(), kind_of(ec, decode.call().where()), message);
+      const log_fields fields(record_.id(), decode.target().url());
       spdlog::warn("request {}: stream failed: {}", record_.id(), message);
       if (!co_await ex_.write_chunk(relay.fail(message))) co_await ex_.end_stream();
       co_return;

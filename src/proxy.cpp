@@ -1,5 +1,7 @@
 #include "pdlb/proxy.hpp"
 
+#include "pdlb/logging.hpp"
+
 #include "pdlb/json_escape.hpp"
 #include "pdlb/pd_request.hpp"
 #include "pdlb/policy.hpp"
@@ -225,6 +227,7 @@ void load_balancer::record_failure(worker& w, failure_kind kind, std::string_vie
   const auto now = std::chrono::steady_clock::now();
   if (w.record_failure(kind, health_, now)) {
     auto secs = std::chrono::duration<double>(w.ejected_until() - now).count();
+    const log_fields fields({}, w.url());
     spdlog::warn("{} worker {} ejected for {:.0f} s after a failure ({}): {}", to_string(w.role), w.url(),
                  secs, to_string(kind), what);
   }

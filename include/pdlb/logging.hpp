@@ -2,6 +2,7 @@
 // one JSON object per line for journald and log shippers.
 #pragma once
 
+#include <string>
 #include <string_view>
 
 namespace pdlb {
@@ -13,5 +14,26 @@ void setup_logging(std::string_view name, std::string_view format, std::string_v
 
 /// Switches the default logger to `format` ("text" or "json"); safe while other threads log.
 void set_log_format(std::string_view format);
+
+/// Fields that the JSON format adds to the lines this thread logs while the object lives:
+/// "request_id" and "worker" (empty ones are left out). The text format has them in its messages.
+/// Scoped around the spdlog call (loggers here write synchronously, on the calling thread).
+class log_fields {
+ public:
+  explicit log_fields(std::string_view request_id, std::string_view worker = {});
+  ~log_fields();
+  log_fields(const log_fields&) = delete;
+  log_fields& operator=(const log_fields&) = delete;
+
+  std::string_view request_id() const { return request_id_; }
+  std::string_view worker() const { return worker_; }
+  /// The innermost fields in scope on this thread, or null.
+  static const log_fields* current();
+
+ private:
+  std::string_view request_id_;
+  std::string_view worker_;
+  const log_fields* outer_;
+};
 
 }  // namespace pdlb

@@ -3,6 +3,7 @@
 #include "integration/cluster.hpp"
 
 #include <regex>
+#include <sstream>
 
 namespace pdlb::test {
 namespace {
@@ -58,6 +59,36 @@ TEST(RequestId, AFailedRequestsLogLineNamesItsId) {
   EXPECT_EQ(r.header("x-request-id"), "log-me-7");
   EXPECT_TRUE(c->lb->process().wait_for_line(std::regex("request log-me-7 failed: prefill worker"), 10s))
       << c->lb->process().output();
+}
+
+TEST(RequestId, JsonLogLinesCarryTheRequestIdAndTheWorkerAsFields) {
+  auto c = cluster::start(1, 1, {"--max-retries", "0", "--log-format", "json"});
+  post_json(*c->prefill[0], "/sim/fault", {{"fail_status", 500}, {"count", 1}});
+  auto r = c->post("/generate", small_request(), {{"X-Request-Id", "json-me-8"}});
+  EXPECT_EQ(r.status, 500u) << r.body;
+  auto& out = c->lb->process();
+  ASSERT_TRUE(out.wait_for_line(std::regex("request json-me-8 failed"), 10s)) << out.output();
+  // The line about the failure, as one JSON object with the two fields beside the message.
+  std::istringstream lines(out.output());
+  std::string line;
+  json found;
+  while (std::getline(lines, line))
+    if (line.find("request json-me-8 failed") != std::string::npos) found = json::parse(line);
+  ASSERT_TRUE(found.is_object());
+  EXPECT_EQ(found["request_id"], "json-me-8");
+  EXPECT_EQ(found["worker"], c->prefill[0]->url());
+  EXPECT_EQ(found["level"], "warning");
+  // Lines about no request have neither field.
+  std::istringstream again(out.output());
+  int plain = 0;
+  while (std::getline(again, line))
+    if (line.find("listening on") != std::string::npos) {
+      const json j = json::parse(line);
+      EXPECT_FALSE(j.contains("request_id")) << line;
+      EXPECT_FALSE(j.contains("worker")) << line;
+      ++plain;
+    }
+  EXPECT_EQ(plain, 1) << out.output();
 }
 
 }  // namespace
