@@ -316,17 +316,17 @@ void upstream_pools::prune() {
       continue;
     }
     const upstream_host::impl& host = *it->first;
-    // A connection parked before somebody began to wait for a slot holds one the waiter needs.
-    if (host.retired.load(std::memory_order_relaxed) || host.host_limit.has_waiters() ||
-        host.global_limit->has_waiters()) {
-      list.clear();
-    } else {
-      auto first_fresh = std::find_if(list.begin(), list.end(), [&](const auto& c) {
-        return now - c->idle_since < host.opts.idle_timeout;
-      });
-      list.erase(list.begin(), first_fresh);
-    }
-    impl_->publish(host, list.size());
+    // What stays: none if the worker left, or if somebody waits for a slot (a connection parked
+    // before the wait began holds one the waiter needs); else the connections idle for less than
+    // the idle timeout.
+    auto first_kept = list.end();
+    if (!host.retired.load(std::memory_order_relaxed) && !host.host_limit.has_waiters() &&
+        !host.global_limit->has_waiters())
+      first_kept = std::find_if(list.begin(), list.end(),
+                                [&](const auto& c) { return now - c->idle_since < host.opts.idle_timeout; });
+    // Told before the connections go: the last of them may hold the last reference to `host`.
+    impl_->publish(host, static_cast<std::size_t>(list.end() - first_kept));
+    list.erase(list.begin(), first_kept);
     it = list.empty() ? impl_->idle.erase(it) : std::next(it);
   }
 }
