@@ -34,16 +34,16 @@ reconfigure_result load_balancer::reconfigure(const config& next) {
   auto sync = [&](worker_role role, const std::vector<std::pair<worker_url, std::optional<std::uint16_t>>>& before,
                   const std::vector<std::pair<worker_url, std::optional<std::uint16_t>>>& after, const char* name) {
     bool changed = false;
-    for (const auto& [url, port] : before) {
-      bool kept = std::any_of(after.begin(), after.end(),
-                              [&](const auto& n) { return n.first.url == url.url && n.second == port; });
-      if (!kept && registry_.drain(url.url)) changed = true;
+    // Whole pairs, not structured bindings: clang 14 (the fuzz build) cannot capture those in a lambda.
+    auto same = [](const auto& a, const auto& b) { return a.first.url == b.first.url && a.second == b.second; };
+    for (const auto& old_one : before) {
+      bool kept = std::any_of(after.begin(), after.end(), [&](const auto& n) { return same(n, old_one); });
+      if (!kept && registry_.drain(old_one.first.url)) changed = true;
     }
-    for (const auto& [url, port] : after) {
-      bool had = std::any_of(before.begin(), before.end(),
-                             [&](const auto& o) { return o.first.url == url.url && o.second == port; });
+    for (const auto& new_one : after) {
+      bool had = std::any_of(before.begin(), before.end(), [&](const auto& o) { return same(o, new_one); });
       std::string error;
-      if (!had && registry_.add(role, url, port, error)) changed = true;
+      if (!had && registry_.add(role, new_one.first, new_one.second, error)) changed = true;
     }
     live(changed, name);
   };
