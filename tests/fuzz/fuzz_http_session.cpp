@@ -320,17 +320,23 @@ bool drain(int fd, std::string& out) {
   }
 }
 
+// Every worker the load balancer lists, both roles (from the registry's current set).
+std::vector<std::shared_ptr<pdlb::worker>> listed_workers(pdlb::load_balancer& lb) {
+  const auto set = lb.registry().snapshot();
+  std::vector<std::shared_ptr<pdlb::worker>> out;
+  for (auto role : {pdlb::worker_role::prefill, pdlb::worker_role::decode})
+    out.insert(out.end(), set->of(role).begin(), set->of(role).end());
+  return out;
+}
+
 std::string state(const pdlb_instance& inst) {
   const auto& lb = *inst.lb;
   std::string s = "connections=" + std::to_string(inst.server->connections()) +
                   " server in_flight=" + std::to_string(inst.server->in_flight()) +
                   " lb in_flight=" + std::to_string(lb.counters().in_flight.load());
-  for (const auto& w : lb.prefill_workers())
-    s += " prefill in_flight=" + std::to_string(w->in_flight.load()) +
-         " open=" + std::to_string(w->host->open_connections());
-  for (const auto& w : lb.decode_workers())
-    s += " decode in_flight=" + std::to_string(w->in_flight.load()) +
-         " open=" + std::to_string(w->host->open_connections());
+  for (const auto& w : listed_workers(*inst.lb))
+    s += std::string(" ") + (w->role == pdlb::worker_role::prefill ? "prefill" : "decode") +
+         " in_flight=" + std::to_string(w->in_flight.load()) + " open=" + std::to_string(w->host->open_connections());
   return s;
 }
 
@@ -427,20 +433,17 @@ void run_one(pdlb_instance& inst, std::uint8_t mode, std::string_view in) {
   }
 
   // 5. Counters back to 0.
-  for (const auto* pool : {&lb.prefill_workers(), &lb.decode_workers()})
-    for (const auto& w : *pool)
+  for (const auto& w : listed_workers(*inst.lb))
       if (w->in_flight.load() != 0) fail("a worker's in_flight counter leaked (" + state(inst) + ")", in, out);
   if (lb.counters().in_flight.load() != 0) fail("the requests-in-flight counter leaked (" + state(inst) + ")", in, out);
 
   // Every upstream connection is idle now: closing the idle ones must close them all. Done now and
   // then (and when the pool grew), so that pooled connections are reused most of the time.
   std::size_t open = 0;
-  for (const auto* pool : {&lb.prefill_workers(), &lb.decode_workers()})
-    for (const auto& w : *pool) open += w->host->open_connections();
+  for (const auto& w : listed_workers(*inst.lb)) open += w->host->open_connections();
   if (open > 8 || H->inputs % 64 == 0) {
     inst.server->thread_ctx(0).pools().close_all();
-    for (const auto* pool : {&lb.prefill_workers(), &lb.decode_workers()})
-      for (const auto& w : *pool)
+    for (const auto& w : listed_workers(*inst.lb))
         if (w->host->open_connections() != 0)
           fail("an upstream connection is still open after close_idle (" + state(inst) + ")", in, out);
   }
