@@ -63,10 +63,7 @@ reconfigure_result load_balancer::reconfigure(const config& next) {
   cfg_.decode = next.decode;
   // Timeouts and connector limits, for every worker's calls from now on (waits already begun keep
   // theirs).
-  const bool upstream_changed = next.timeout != cfg_.timeout || next.connect_timeout != cfg_.connect_timeout ||
-                                next.upstream_idle_timeout != cfg_.upstream_idle_timeout ||
-                                next.connector_limit != cfg_.connector_limit ||
-                                next.connector_limit_per_host != cfg_.connector_limit_per_host;
+  const std::size_t applied_before = r.applied.size();
   live(next.timeout != cfg_.timeout, "timeout");
   live(next.connect_timeout != cfg_.connect_timeout, "connect-timeout");
   live(next.upstream_idle_timeout != cfg_.upstream_idle_timeout, "upstream-idle-timeout");
@@ -78,7 +75,7 @@ reconfigure_result load_balancer::reconfigure(const config& next) {
   cfg_.connector_limit = next.connector_limit;
   cfg_.connector_limit_per_host = next.connector_limit_per_host;
   cfg_.max_body_size = next.max_body_size;  // also the largest worker answer read (reported by the service)
-  if (upstream_changed)
+  if (r.applied.size() != applied_before)  // one of the five above changed
     registry_.reconfigure(upstream_options_of(cfg_), cfg_.connector_limit_per_host, cfg_.connector_limit);
   return r;
 }

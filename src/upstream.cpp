@@ -121,6 +121,23 @@ net::awaitable<error_code> conn_limiter::acquire(clock_type::time_point deadline
   co_return upstream_errc::pool_exhausted;
 }
 
+// With the mutex held: one free slot to the longest waiter, which leaves the queue (into `woken`)
+// once it has all it asked for.
+void conn_limiter::grant_one(std::vector<std::shared_ptr<waiter>>& woken) {
+  auto& front = waiters_.front();
+  if (--front->needed == 0) {
+    front->granted = true;
+    woken.push_back(std::move(front));
+    waiters_.pop_front();
+    waiting_.store(waiters_.size(), std::memory_order_relaxed);
+  }
+}
+
+// A timer belongs to its waiter's thread: it is cancelled there. The shared_ptr keeps it alive.
+void conn_limiter::wake(std::vector<std::shared_ptr<waiter>>& woken) {
+  for (auto& w : woken) net::post(w->timer.get_executor(), [w] { w->timer.cancel(); });
+}
+
 void conn_limiter::release(std::size_t n) {
   std::vector<std::shared_ptr<waiter>> woken;
   {
@@ -128,21 +145,13 @@ void conn_limiter::release(std::size_t n) {
     // Each slot goes straight to the longest waiter; `used_` drops only when nobody waits, or
     // when more are in use than a lowered limit allows.
     for (; n > 0; --n) {
-      if (waiters_.empty() || used_ > limit_) {
+      if (waiters_.empty() || used_ > limit_)
         --used_;
-        continue;
-      }
-      auto& front = waiters_.front();
-      if (--front->needed == 0) {
-        front->granted = true;
-        woken.push_back(std::move(front));
-        waiters_.pop_front();
-        waiting_.store(waiters_.size(), std::memory_order_relaxed);
-      }
+      else
+        grant_one(woken);
     }
   }
-  // A timer belongs to its waiter's thread: cancel it there. The shared_ptr keeps it alive.
-  for (auto& w : woken) net::post(w->timer.get_executor(), [w] { w->timer.cancel(); });
+  wake(woken);
 }
 
 void conn_limiter::set_limit(std::size_t limit) {
@@ -150,18 +159,9 @@ void conn_limiter::set_limit(std::size_t limit) {
   {
     std::lock_guard lock(mutex_);
     limit_ = limit;
-    while (!waiters_.empty() && used_ < limit_) {
-      auto& front = waiters_.front();
-      ++used_;
-      if (--front->needed == 0) {
-        front->granted = true;
-        woken.push_back(std::move(front));
-        waiters_.pop_front();
-      }
-    }
-    waiting_.store(waiters_.size(), std::memory_order_relaxed);
+    for (; !waiters_.empty() && used_ < limit_; ++used_) grant_one(woken);
   }
-  for (auto& w : woken) net::post(w->timer.get_executor(), [w] { w->timer.cancel(); });
+  wake(woken);
 }
 
 std::size_t conn_limiter::used() const {

@@ -21,6 +21,7 @@
 #include <string>
 #include <string_view>
 #include <list>
+#include <vector>
 
 namespace pdlb {
 
@@ -73,6 +74,9 @@ class conn_limiter {
   struct waiter;
 
  private:
+  void grant_one(std::vector<std::shared_ptr<waiter>>& woken);
+  static void wake(std::vector<std::shared_ptr<waiter>>& woken);
+
   mutable std::mutex mutex_;
   std::size_t limit_;
   std::size_t used_ = 0;
