@@ -413,7 +413,9 @@ class Bench:
                     continue
                 valid[c] = self.validate(w, c, url)
             for run in range(a.runs):
-                for c in a.contenders:
+                # Every other run in reverse order, so that none always runs first (a warm cache or
+                # a quieter moment after a pause would favour it).
+                for c in (a.contenders if run % 2 == 0 else list(reversed(a.contenders))):
                     url = self.contender_url(w, c)
                     if url is None or not valid.get(c):
                         continue

@@ -1,4 +1,5 @@
 #include "pdlb/http_server.hpp"
+#include "pdlb/listener.hpp"
 
 #include "pdlb/json_escape.hpp"
 #include "pdlb/lazy_deadline.hpp"
@@ -691,23 +692,9 @@ http_server::~http_server() = default;
 
 void http_server::listen() {
   auto& ioc = *impl_->contexts[0];
-  tcp::resolver resolver(ioc);
-  auto results = resolver.resolve(impl_->opts.host, std::to_string(impl_->opts.port),
-                                  tcp::resolver::passive | tcp::resolver::numeric_service);
-  if (results.empty()) throw std::system_error(std::make_error_code(std::errc::invalid_argument),
-                                               "cannot resolve " + impl_->opts.host);
-  tcp::endpoint ep = results.begin()->endpoint();
-  auto acc = std::make_unique<tcp::acceptor>(ioc);
-  acc->open(ep.protocol());
-  acc->set_option(net::socket_base::reuse_address(true));
-  if (ep.address().is_v6()) {
-    error_code ignored;
-    acc->set_option(net::ip::v6_only(false), ignored);
-  }
-  acc->bind(ep);
-  acc->listen(impl_->opts.backlog);
-  impl_->bound_port = acc->local_endpoint().port();
-  impl_->listen_endpoint = tcp::endpoint(ep.address(), impl_->bound_port);
+  auto acc = open_listener(ioc, impl_->opts.host, impl_->opts.port, impl_->opts.backlog);
+  impl_->listen_endpoint = acc->local_endpoint();  // the port the kernel picked, if asked to
+  impl_->bound_port = impl_->listen_endpoint.port();
   impl_->acceptor = std::move(acc);
   net::co_spawn(ioc, impl_->accept_loop(), [](std::exception_ptr e) {
     if (!e) return;

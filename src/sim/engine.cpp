@@ -1,6 +1,7 @@
 #include "engine.hpp"
 
 #include "model.hpp"
+#include "pdlb/listener.hpp"
 
 #include <boost/asio/as_tuple.hpp>
 #include <boost/asio/bind_cancellation_slot.hpp>
@@ -111,15 +112,7 @@ engine::~engine() = default;
 
 void engine::start() {
   if (opts_.role == worker_role::prefill) {
-    auto results = tcp::resolver(ioc_).resolve(opts_.host, std::to_string(opts_.bootstrap_port),
-                                               tcp::resolver::passive |
-                                                   tcp::resolver::numeric_service);
-    tcp::endpoint ep = results.begin()->endpoint();
-    bootstrap_acceptor_ = std::make_unique<tcp::acceptor>(ioc_);
-    bootstrap_acceptor_->open(ep.protocol());
-    bootstrap_acceptor_->set_option(net::socket_base::reuse_address(true));
-    bootstrap_acceptor_->bind(ep);
-    bootstrap_acceptor_->listen(4096);
+    bootstrap_acceptor_ = open_listener(ioc_, opts_.host, opts_.bootstrap_port, 4096);
     bootstrap_port_ = bootstrap_acceptor_->local_endpoint().port();
     net::co_spawn(ioc_, bootstrap_accept_loop(),
                   [](std::exception_ptr e) { log_exception("bootstrap accept loop", e); });
