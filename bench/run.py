@@ -5,6 +5,7 @@ Run it through bench/run.sh (which installs packages and builds first); see docs
 Everything listens on 127.0.0.1 only, and everything started here is stopped on exit.
 """
 import argparse
+import ctypes
 import datetime
 import json
 import os
@@ -121,19 +122,37 @@ def start_nginx_relay(procs, tmp, name, workers, decode_port):
     return p
 
 
+_libc = ctypes.CDLL(None, use_errno=True)
+PR_SET_PDEATHSIG = 1
+
+
+def die_with_parent():
+    """preexec_fn: the child gets SIGKILL when the process that started it dies, even by SIGKILL,
+    so that no worker or proxy outlives a killed benchmark or soak."""
+    _libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
+
+
 class Processes:
-    """Everything this script starts, each in its own process group, stopped in reverse order."""
+    """Everything a script starts (bench/run.py, bench/event_cpu.py, scripts/soak.py), each in its own
+    process group and killed with its parent, stopped in reverse order."""
 
     def __init__(self, logdir):
         self.logdir = logdir
         self.procs = []
 
-    def start(self, name, argv, env=None):
-        path = os.path.join(self.logdir, name + ".log")
-        out = open(path, "w")
-        p = subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                             start_new_session=True, env=env)
-        out.close()
+    def start(self, name, argv, env=None, log=None, err_log=None):
+        """Starts `argv`; its output is appended to `log` (default: NAME.log in the log directory),
+        its standard error to `err_log` if given, else to the same file."""
+        path = log or os.path.join(self.logdir, name + ".log")
+        out = open(path, "ab")
+        err = open(err_log, "ab") if err_log and err_log != path else subprocess.STDOUT
+        try:
+            p = subprocess.Popen(argv, stdout=out, stderr=err, stdin=subprocess.DEVNULL,
+                                 start_new_session=True, env=env, preexec_fn=die_with_parent)
+        finally:
+            out.close()
+            if err is not subprocess.STDOUT:
+                err.close()
         p.log_path = path
         p.name = name
         self.procs.append(p)

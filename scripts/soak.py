@@ -15,7 +15,6 @@ Exit status: 0 when every request got a whole answer or a clear error and RSS/fd
 import argparse
 import asyncio
 import collections
-import ctypes
 import datetime
 import json
 import os
@@ -28,7 +27,7 @@ import tempfile
 import time
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "bench"))
-from run import wait_ready  # noqa: E402  bench/run.py: the one reader of --ready-file in Python
+from run import Processes, die_with_parent, wait_ready  # noqa: E402  bench/run.py: process handling
 
 # ---------------------------------------------------------------------------------------------
 # The request mix
@@ -438,18 +437,6 @@ def _norm(why):
 # Orchestrator
 # ---------------------------------------------------------------------------------------------
 
-PR_SET_PDEATHSIG = 1
-_libc = None
-
-
-def _die_with_parent():
-    # Children get SIGKILL if the soak process dies, even by SIGKILL.
-    try:
-        _libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
-    except Exception:
-        pass
-
-
 def proc_sample(pid):
     rss = None
     with open("/proc/%d/status" % pid) as f:
@@ -476,7 +463,7 @@ class Soak:
         self.a = a
         self.work = a.workdir or tempfile.mkdtemp(prefix="pdlb-soak.")
         os.makedirs(self.work, exist_ok=True)
-        self.procs = []  # every process we started, for cleanup
+        self.procs = Processes(self.work)  # every process we started, for cleanup
         self.aprocs = []  # the client processes (asyncio)
         self.sims = []   # dicts: role, port, bport, proc, log, gen
         self.lb = None
@@ -491,14 +478,7 @@ class Soak:
 
     # -- processes ---------------------------------------------------------------------------
     def _spawn(self, argv, out_path, err_path):
-        out = open(out_path, "ab")
-        err = open(err_path, "ab") if err_path != out_path else out
-        p = subprocess.Popen(argv, stdout=out, stderr=err, stdin=subprocess.DEVNULL, preexec_fn=_die_with_parent)
-        out.close()
-        if err is not out:
-            err.close()
-        self.procs.append(p)
-        return p
+        return self.procs.start(os.path.basename(out_path), argv, log=out_path, err_log=err_path)
 
     async def _wait_ready(self, path, proc, timeout=15.0):
         """The process's --ready-file contents, waited for off the event loop (the load keeps running
@@ -648,7 +628,7 @@ class Soak:
                     "--port", str(self.lb_port), "--requests", str(n), "--concurrency", str(a.concurrency),
                     "--seed", str(a.seed * 1000 + i), "--timeout", str(a.request_timeout)]
             clients.append(await asyncio.create_subprocess_exec(
-                *argv, stdout=asyncio.subprocess.PIPE, preexec_fn=_die_with_parent, limit=64 * 1024 * 1024))
+                *argv, stdout=asyncio.subprocess.PIPE, preexec_fn=die_with_parent, limit=64 * 1024 * 1024))
             self.aprocs.append(clients[-1])
 
         total = a.requests
@@ -833,13 +813,7 @@ class Soak:
         return 0
 
     def cleanup(self):
-        for p in reversed(self.procs):
-            try:
-                if p.poll() is None:
-                    p.kill()
-                    p.wait(5)
-            except (ProcessLookupError, OSError, subprocess.TimeoutExpired):
-                pass
+        self.procs.stop_all()
 
 
 def _git_head():
@@ -851,7 +825,6 @@ def _git_head():
 
 
 def main():
-    global _libc
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = ap.add_subparsers(dest="cmd")
     c = sub.add_parser("client")
@@ -886,7 +859,6 @@ def main():
         except KeyboardInterrupt:
             pass
         return 0
-    _libc = ctypes.CDLL(None, use_errno=True)
     for exe in ("pdlb", "pdlb-sim"):
         if not os.access(os.path.join(a.bin, exe), os.X_OK):
             print("soak: %s/%s not found (build it first)" % (a.bin, exe), file=sys.stderr)
