@@ -200,6 +200,25 @@ def vm_status(pid):
     return out
 
 
+def group_cpu_seconds(pgid):
+    """(user, system) CPU seconds used so far by the live processes of process group `pgid` (a
+    contender started by Processes: pdlb, or nginx or minilb with their workers)."""
+    user = system = 0
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat") as f:
+                fields = f.read().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[2]) == pgid:  # fields after the command: state ppid pgrp ... utime(12) stime(13)
+            user += int(fields[11])
+            system += int(fields[12])
+    tick = os.sysconf("SC_CLK_TCK")
+    return user / tick, system / tick
+
+
 def parse_wrk(text):
     r = {"rps": 0.0, "p50_ms": None, "errors": 0, "requests": 0}
     m = re.search(r"Requests/sec:\s+([\d.]+)", text)
@@ -353,15 +372,18 @@ class Bench:
     def start_throughput_contenders(self, names):
         url = lambda k: f"http://127.0.0.1:{self.stub_port[k]}"
         self.urls = {}
+        self.pgids = {}  # (pair, contender) -> process group, for its CPU time per request
         pairs = sorted({w["pair"] for w in THROUGHPUT if w["name"] in names})
         for pair in pairs:
             tag = "-".join(pair)
             if "pdlb" in self.args.contenders:
                 p = self.start_pdlb("pdlb-" + tag, url(pair[0]), 8998, url(pair[1]))
                 self.urls[(pair, "pdlb")] = f"http://127.0.0.1:{p.port}"
+                self.pgids[(pair, "pdlb")] = p.pid
             if "pdlb-base" in self.args.contenders:
                 p = self.start_pdlb("pdlb-base-" + tag, url(pair[0]), 8998, url(pair[1]), binary=self.baseline)
                 self.urls[(pair, "pdlb-base")] = f"http://127.0.0.1:{p.port}"
+                self.pgids[(pair, "pdlb-base")] = p.pid
             if "minilb" in self.args.contenders:
                 p = self.start_minilb("minilb-" + tag, url(pair[0]), 8998, url(pair[1]))
                 self.urls[(pair, "minilb")] = f"http://127.0.0.1:{p.port}"
@@ -396,10 +418,19 @@ class Bench:
         a = self.args
         cmd = ["wrk", "-t1", f"-c{w['conns']}", f"-d{a.duration:g}s", "--timeout", "30s", "--latency",
                "-s", os.path.join(HERE, "post.lua"), url + "/generate"]
+        pgid = getattr(self, "pgids", {}).get((w["pair"], c))
+        cpu_before = group_cpu_seconds(pgid) if pgid else None
         p = subprocess.run(cmd, capture_output=True, text=True, env=dict(os.environ, WRK_BODY=body_path),
                            timeout=a.duration + 120)
         r = parse_wrk(p.stdout)
         r["raw"] = p.stdout
+        if pgid and r["requests"]:
+            # CPU time per request: steadier than throughput on a shared machine (a contender that
+            # waits for the CPU loses throughput, not CPU time). Clock ticks: 10 ms resolution.
+            cpu_after = group_cpu_seconds(pgid)
+            r["cpu_user_us_per_req"] = (cpu_after[0] - cpu_before[0]) * 1e6 / r["requests"]
+            r["cpu_sys_us_per_req"] = (cpu_after[1] - cpu_before[1]) * 1e6 / r["requests"]
+            r["cpu_us_per_req"] = r["cpu_user_us_per_req"] + r["cpu_sys_us_per_req"]
         if p.returncode != 0 or "Requests/sec" not in p.stdout:
             self.failures.append(f"{w['name']}/{c}: wrk failed ({p.returncode}): {p.stderr[-300:]}")
         elif r["requests"] == 0:
@@ -518,20 +549,24 @@ class Bench:
 
     def ab_table(self, names):
         """pdlb against --baseline, workload by workload: medians, and the median of per-run ratios."""
-        rows = ["| workload | pdlb | pdlb-base | pdlb / base (median of runs) |", "|---|---|---|---|"]
+        rows = ["| workload | pdlb | pdlb-base | pdlb / base (median of runs) | CPU µs per request, pdlb / base "
+                "(medians) |", "|---|---|---|---|---|"]
         for w in THROUGHPUT:
             new, old = self.results.get((w["name"], "pdlb"), []), self.results.get((w["name"], "pdlb-base"), [])
             if w["name"] not in names or not new or not old:
                 continue
             ratios = [n["rps"] / o["rps"] for n, o in zip(new, old) if n.get("rps") and o.get("rps")]
+            cpu_new = [r["cpu_us_per_req"] for r in new if r.get("cpu_us_per_req")]
+            cpu_old = [r["cpu_us_per_req"] for r in old if r.get("cpu_us_per_req")]
+            cpu = f"{median(cpu_new):.1f} / {median(cpu_old):.1f}" if cpu_new and cpu_old else "-"
             rows.append(f"| {w['title']} | {fmt_rate(median([r['rps'] for r in new]))} req/s | "
                         f"{fmt_rate(median([r['rps'] for r in old]))} req/s | "
-                        f"{median(ratios):.3f}x |" if ratios else f"| {w['title']} | - | - | - |")
+                        f"{median(ratios):.3f}x | {cpu} |" if ratios else f"| {w['title']} | - | - | - | - |")
         new, old = self.results.get(("streams", "pdlb"), []), self.results.get(("streams", "pdlb-base"), [])
         if new and old:
             rows.append(f"| {self.args.streams} open streams, VmHWM (worst run) | {max(r['vm_hwm_mb'] for r in new):.0f} MB | "
                         f"{max(r['vm_hwm_mb'] for r in old):.0f} MB | "
-                        f"{max(r['vm_hwm_mb'] for r in new) / max(r['vm_hwm_mb'] for r in old):.3f}x |")
+                        f"{max(r['vm_hwm_mb'] for r in new) / max(r['vm_hwm_mb'] for r in old):.3f}x | - |")
         return "\n".join(rows)
 
     # ---------------------------------------------------------------- report
