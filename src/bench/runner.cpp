@@ -352,7 +352,7 @@ struct main_sink final : sink {
   }
 
   void handle_event(std::string_view ev, clock_type::time_point now) {
-    auto data = sse_payload(ev, scratch);
+    auto data = pdlb::event_data(ev, scratch);
     if (!data) return;  // comments and other fields
     ++events;
     if (saw_done) {
