@@ -26,6 +26,7 @@
 #include <optional>
 #include <string>
 #include <string_view>
+#include <tuple>
 #include <type_traits>
 #include <utility>
 #include <vector>
@@ -163,6 +164,10 @@ struct client_connection {
   bool grow();
 
   std::size_t used = 0;
+  /// A read found the connection closed (EOF or reset): later reads give EOF at once, as a
+  /// blocking socket does. Asio would wait instead: its reactor waits for a readiness edge, and
+  /// the close's was used up by the read that saw it.
+  bool read_closed = false;
 
  private:
   std::unique_ptr<char[]> buf_;
@@ -222,10 +227,15 @@ net::awaitable<error_code> read_response(client_connection& conn, response_reade
                                    : client_errc::header_too_long;
       break;
     }
-    auto [rec, rn] = co_await conn.stream.socket().async_read_some(
-        net::buffer(conn.data() + conn.used, conn.size() - conn.used),
-        net::as_tuple(net::use_awaitable));
-    on_read();
+    error_code rec = net::error::eof;
+    std::size_t rn = 0;
+    if (!conn.read_closed) {
+      std::tie(rec, rn) = co_await conn.stream.socket().async_read_some(
+          net::buffer(conn.data() + conn.used, conn.size() - conn.used),
+          net::as_tuple(net::use_awaitable));
+      conn.read_closed = closed_by_peer(rec);
+      on_read();
+    }
     conn.used += rn;
     if (rec == net::error::eof && reader.is_header_done()) {
       // A body that runs until the connection closes ends here; any other is cut short.

@@ -275,7 +275,7 @@ class HttpClientLoop : public ::testing::Test {
       finished = true;
     });
     ioc.restart();
-    ioc.run_for(std::chrono::seconds(10));
+    ioc.run_for(std::chrono::seconds(5));
     ASSERT_TRUE(finished) << "the operation did not end";
   }
 
@@ -388,6 +388,19 @@ TEST_F(HttpClientLoop, CloseBeforeAnyByteIsEndOfStreamOrStaleOnAReusedConnection
   EXPECT_EQ(read_whole(fresh), http::error::end_of_stream);
   response_reader<recorder> reused;
   EXPECT_EQ(read_whole(reused, true), client_errc::stale_connection);
+}
+
+TEST_F(HttpClientLoop, ReadAfterTheCloseWasSeenGivesEndOfStreamAtOnce) {
+  open();
+  send("HTTP/1.1 200 OK\r\n\r\nuntil the end");
+  close_server();
+  response_reader<recorder> first;
+  ASSERT_FALSE(read_whole(first));
+  EXPECT_TRUE(conn->read_closed);
+  const int reads_before = reads;
+  response_reader<recorder> next;
+  EXPECT_EQ(read_whole(next), http::error::end_of_stream);  // run() fails the test if it waits
+  EXPECT_EQ(reads, reads_before);                           // no socket read
 }
 
 TEST_F(HttpClientLoop, ParseErrorIsReturnedAsBeastSaysIt) {
