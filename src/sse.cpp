@@ -117,31 +117,57 @@ std::size_t complete_prefix_length(std::string_view buffered, std::size_t search
   return 0;
 }
 
-std::optional<std::string> event_data(std::string_view event) {
-  std::optional<std::string> out;
-  std::size_t pos = 0;
-  while (pos < event.size()) {
-    std::size_t eol = pos;
-    while (eol < event.size() && !is_line_end(event[eol])) ++eol;
-    const std::string_view line = event.substr(pos, eol - pos);
-    pos = eol;
-    if (pos < event.size()) {
-      pos += (event[pos] == '\r' && pos + 1 < event.size() && event[pos + 1] == '\n') ? 2 : 1;
-    }
+namespace {
+
+// Calls `on_value` with the value of each `data:` line of `event` (one leading space stripped), up to
+// the blank line that ends it.
+template <class OnValue>
+void for_each_data_value(std::string_view event, OnValue on_value) {
+  const char* p = event.data();
+  const char* const end = p + event.size();
+  while (p != end) {
+    const char* eol = find_line_end(p, end);
+    const std::string_view line(p, static_cast<std::size_t>(eol - p));
+    p = eol;
+    if (p != end) p += (*p == '\r' && p + 1 != end && p[1] == '\n') ? 2 : 1;
     if (line.empty()) break;  // the blank line ends the event
     const std::size_t colon = line.find(':');
-    const std::string_view field = line.substr(0, colon);
-    if (field != "data") continue;  // comments (":...") and other fields
+    if (line.substr(0, colon) != "data") continue;  // comments (":...") and other fields
     std::string_view value = colon == std::string_view::npos ? std::string_view{} : line.substr(colon + 1);
     if (!value.empty() && value.front() == ' ') value.remove_prefix(1);
+    on_value(value);
+  }
+}
+
+}  // namespace
+
+std::optional<std::string> event_data(std::string_view event) {
+  std::optional<std::string> out;
+  for_each_data_value(event, [&](std::string_view value) {
     if (out) {
       out->push_back('\n');
       out->append(value);
     } else {
       out.emplace(value);
     }
-  }
+  });
   return out;
+}
+
+std::optional<std::string_view> event_data(std::string_view event, std::string& scratch) {
+  std::string_view first;
+  std::size_t lines = 0;
+  for_each_data_value(event, [&](std::string_view value) {
+    if (++lines == 1) {
+      first = value;
+      return;
+    }
+    if (lines == 2) scratch.assign(first);
+    scratch.push_back('\n');
+    scratch.append(value);
+  });
+  if (lines == 0) return std::nullopt;
+  return lines == 1 ? first : std::string_view(scratch);
 }
 
 bool is_done_payload(std::string_view data) {

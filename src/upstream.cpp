@@ -1,5 +1,6 @@
 #include "pdlb/upstream.hpp"
 
+#include "pdlb/http_client.hpp"
 #include "pdlb/lazy_deadline.hpp"
 
 #include <boost/asio/as_tuple.hpp>
@@ -14,7 +15,6 @@
 #include <boost/beast/core/flat_buffer.hpp>
 #include <boost/beast/core/tcp_stream.hpp>
 #include <boost/beast/http/error.hpp>
-#include <boost/beast/http/parser.hpp>
 
 #include <sys/socket.h>
 
@@ -342,57 +342,29 @@ std::size_t upstream_pools::idle_count() const {
 
 namespace {
 
-// A response parser that keeps only what pdlb uses of a worker's answer: the status, the
-// Content-Type, and the body, written straight into the caller's buffer (like buffer_body). Beast's
-// response_parser stores every header field in an allocated list, which showed up in callgrind as
-// a few percent of a small request's cost for fields nobody reads.
-class response_head_parser : public http::basic_parser<false> {
- public:
-  unsigned status() const { return status_; }
-  const std::string& content_type() const { return content_type_; }
-  /// Where body bytes go next; the parser stops with need_buffer when it is full.
-  void set_target(char* data, std::size_t size) {
-    data_ = data;
-    size_ = size;
-  }
-  std::size_t target_room() const { return size_; }
+// What pdlb keeps of a worker's answer: the status, the Content-Type, and the body, written straight
+// into the caller's buffer (like buffer_body). Beast's response_parser stores every header field in
+// an allocated list, which showed up in callgrind as a few percent of a small request's cost for
+// fields nobody reads.
+struct worker_answer {
+  unsigned status = 0;
+  std::string content_type;
+  char* data = nullptr;  // where body bytes go next; the reader stops with need_buffer when full
+  std::size_t room = 0;
 
- private:
-  void on_request_impl(http::verb, beast::string_view, beast::string_view, int, error_code& ec) override {
-    ec = http::error::bad_method;  // never called for a response parser
+  void on_status(unsigned code) { status = code; }
+  void on_field(http::field name, std::string_view, std::string_view value) {
+    if (name == http::field::content_type) content_type.assign(value);
   }
-  void on_response_impl(int code, beast::string_view, int, error_code& ec) override {
-    status_ = static_cast<unsigned>(code);
-    ec = {};
-  }
-  void on_field_impl(http::field name, beast::string_view, beast::string_view value,
-                     error_code& ec) override {
-    if (name == http::field::content_type) content_type_.assign(value.data(), value.size());
-    ec = {};
-  }
-  void on_header_impl(error_code& ec) override { ec = {}; }
-  void on_body_init_impl(const boost::optional<std::uint64_t>&, error_code& ec) override { ec = {}; }
-  std::size_t on_body_impl(beast::string_view body, error_code& ec) override { return take(body, ec); }
-  void on_chunk_header_impl(std::uint64_t, beast::string_view, error_code& ec) override { ec = {}; }
-  std::size_t on_chunk_body_impl(std::uint64_t, beast::string_view body, error_code& ec) override {
-    return take(body, ec);
-  }
-  void on_finish_impl(error_code& ec) override { ec = {}; }
-
-  std::size_t take(beast::string_view body, error_code& ec) {
-    const std::size_t n = std::min(size_, body.size());
-    if (n) std::memcpy(data_, body.data(), n);
-    data_ += n;
-    size_ -= n;
-    ec = n == body.size() ? error_code{} : error_code(http::error::need_buffer);
+  std::size_t on_body(std::string_view body) {
+    const std::size_t n = std::min(room, body.size());
+    if (n) std::memcpy(data, body.data(), n);
+    data += n;
+    room -= n;
     return n;
   }
-
-  unsigned status_ = 0;
-  std::string content_type_;
-  char* data_ = nullptr;
-  std::size_t size_ = 0;
 };
+using worker_answer_reader = http1::response_reader<worker_answer>;
 
 }  // namespace
 
@@ -402,7 +374,7 @@ struct upstream_call::impl {
   thread_context& ctx;
   std::unique_ptr<pooled_conn> conn;
   bool own_slots = false;  // slots taken for a connection not made yet (see reserve)
-  std::optional<response_head_parser> parser;
+  std::optional<worker_answer_reader> parser;
   bool body_done = false;
   unsigned status = 0;  // kept after release(), like content_type
   std::string content_type;
@@ -493,12 +465,14 @@ struct upstream_call::impl {
     auto& p = *parser;
     const std::size_t cap = ctx.body_scratch().size();
     std::size_t used_total = 0;
+    auto& answer = p.receiver();
     while (used_total < len && out.size < cap && !p.is_done()) {
       if (!out.lease) out.lease = ctx.body_scratch().take();
-      p.set_target(out.lease.data() + out.size, cap - out.size);
+      answer.data = out.lease.data() + out.size;
+      answer.room = cap - out.size;
       std::size_t used = p.put(net::buffer(data + used_total, len - used_total), ec);
       used_total += used;
-      out.size = cap - p.target_room();
+      out.size = cap - answer.room;
       if (ec == http::error::need_buffer || ec == http::error::need_more) {
         ec = {};
         break;
@@ -752,21 +726,15 @@ net::awaitable<error_code> upstream_call::start(std::string_view method, std::st
                                                 std::string_view body, std::string_view extra_headers) {
   auto& h = impl_->host;
   std::string head;
-  head.reserve(160 + h.url.path_prefix.size() + path.size() + h.url.host_header.size() + extra_headers.size());
-  head.append(method);
-  head.push_back(' ');
-  head += h.url.path_prefix;
-  head.append(path);
-  head += " HTTP/1.1\r\nHost: ";
-  head += h.url.host_header;
-  head += "\r\nAccept: */*\r\n";
-  head.append(extra_headers);
-  if (method != "GET" || !body.empty()) {
-    head += "Content-Type: application/json\r\nContent-Length: ";
-    head += std::to_string(body.size());
-    head += "\r\n";
-  }
-  head += "\r\n";
+  const bool has_body = method != "GET" || !body.empty();
+  http1::append_request_head(head, {.method = method,
+                                    .target_prefix = h.url.path_prefix,
+                                    .target = path,
+                                    .host = h.url.host_header,
+                                    .fields = "Accept: */*\r\n",
+                                    .extra_fields = extra_headers,
+                                    .content_type = has_body ? "application/json" : "",
+                                    .content_length = has_body ? std::optional(body.size()) : std::nullopt});
 
   // Only a wait for a slot or a new connection suspends here (each is a coroutine frame).
   if (!impl_->try_reserve()) {
@@ -798,9 +766,7 @@ net::awaitable<error_code> upstream_call::start(std::string_view method, std::st
     if (auto rec = co_await impl_->read_header()) {
       bool nothing_came = !impl_->parser->got_some() && c.buffer.size() == 0;
       impl_->parser.reset();
-      if (reused && attempt == 0 && nothing_came &&
-          (rec == http::error::end_of_stream || rec == net::error::eof ||
-           rec == net::error::connection_reset || rec == net::error::broken_pipe)) {
+      if (reused && attempt == 0 && nothing_came && http1::closed_by_peer(rec)) {
         impl_->forget_stale();  // closed while idle, before our request was read
         continue;
       }
@@ -812,8 +778,8 @@ net::awaitable<error_code> upstream_call::start(std::string_view method, std::st
     }
     phase_ = phase::body;
     impl_->body_done = impl_->parser->is_done();
-    impl_->status = impl_->parser->status();
-    impl_->content_type = impl_->parser->content_type();
+    impl_->status = impl_->parser->receiver().status;
+    impl_->content_type = std::move(impl_->parser->receiver().content_type);
     co_return error_code{};
   }
 }

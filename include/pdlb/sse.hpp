@@ -50,6 +50,10 @@ std::size_t complete_prefix_length(std::string_view buffered, std::size_t search
 /// nullopt if the event has no data line.
 std::optional<std::string> event_data(std::string_view event);
 
+/// event_data without allocating for an event with one data line (the usual case): its value is a
+/// view into `event`. The values of several lines are joined in `scratch`, and the view is of it.
+std::optional<std::string_view> event_data(std::string_view event, std::string& scratch);
+
 /// Number of "\n\n" event terminators in `bytes` (the framing SGLang and OpenAI streams use; events
 /// ended by CRLF pairs are not counted), for the relay's event counter.
 std::size_t count_event_ends(std::string_view bytes);

@@ -2,7 +2,6 @@
 
 #include <charconv>
 #include <cstring>
-#include <string>
 
 namespace pdlb::bench {
 
@@ -53,15 +52,6 @@ std::optional<T> find_number_from(std::string_view json, std::string_view key, s
   std::size_t i = value_start(json, key, from);
   if (i == std::string_view::npos && from > 0) i = value_start(json, key, 0);
   return number_at<T>(json, i);
-}
-
-// Position of the first CR or LF, or npos (find_first_of would call memchr once per byte).
-std::size_t line_end(std::string_view s) {
-  const void* lf = std::memchr(s.data(), '\n', s.size());
-  std::size_t n = lf ? static_cast<std::size_t>(static_cast<const char*>(lf) - s.data()) : s.size();
-  const void* cr = std::memchr(s.data(), '\r', n);
-  if (cr) return static_cast<std::size_t>(static_cast<const char*>(cr) - s.data());
-  return lf ? n : std::string_view::npos;
 }
 
 std::string_view trim(std::string_view s) {
@@ -186,38 +176,6 @@ event_info inspect_event(std::string_view data, route_kind kind, bool count_logp
     info.token = nonempty_string_at(body, value_start(body, "content"));
   }
   return info;
-}
-
-std::optional<std::string_view> sse_payload(std::string_view event, std::string& scratch) {
-  std::optional<std::string_view> single;
-  bool several = false;
-  scratch.clear();
-  while (!event.empty()) {
-    std::size_t eol = line_end(event);
-    std::string_view line = event.substr(0, eol);
-    if (eol == std::string_view::npos) {
-      event = {};
-    } else {
-      std::size_t next = eol + 1;
-      if (event[eol] == '\r' && next < event.size() && event[next] == '\n') ++next;
-      event.remove_prefix(next);
-    }
-    if (line.substr(0, 5) != "data:") continue;
-    line.remove_prefix(5);
-    if (!line.empty() && line.front() == ' ') line.remove_prefix(1);
-    if (!single && !several) {
-      single = line;
-      continue;
-    }
-    if (!several) {
-      scratch.assign(*single);
-      several = true;
-    }
-    scratch += '\n';
-    scratch.append(line);
-  }
-  if (several) return std::string_view(scratch);
-  return single;
 }
 
 }  // namespace pdlb::bench

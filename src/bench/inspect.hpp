@@ -46,9 +46,4 @@ std::optional<double> find_double(std::string_view json, std::string_view key);
 /// Number of elements of the JSON array starting at json[open] == '['; nullopt if unterminated.
 std::optional<std::uint64_t> count_array_elements(std::string_view json, std::size_t open);
 
-/// The payload of one SSE event (its `data:` lines joined), or nullopt if it has none. `scratch`
-/// holds the joined text when the event has several data lines; otherwise the view points into
-/// `event`.
-std::optional<std::string_view> sse_payload(std::string_view event, std::string& scratch);
-
 }  // namespace pdlb::bench

@@ -1,5 +1,6 @@
 #include "runner.hpp"
 
+#include "pdlb/http_client.hpp"
 #include "pdlb/sse.hpp"
 
 #include <boost/asio/as_tuple.hpp>
@@ -12,8 +13,6 @@
 #include <boost/asio/steady_timer.hpp>
 #include <boost/asio/use_awaitable.hpp>
 #include <boost/asio/write.hpp>
-#include <boost/beast/core/tcp_stream.hpp>
-#include <boost/beast/http/basic_parser.hpp>
 #include <boost/beast/http/error.hpp>
 
 #include <algorithm>
@@ -21,7 +20,6 @@
 #include <atomic>
 #include <chrono>
 #include <cstdio>
-#include <cstring>
 #include <memory>
 #include <optional>
 #include <random>
@@ -103,32 +101,6 @@ struct target {
   std::vector<tcp::endpoint> endpoints;
 };
 
-struct connection {
-  explicit connection(const net::any_io_executor& ex) : stream(ex) {}
-  // Its timer serves the connect only: reads and writes go to the socket itself, and a lane's
-  // watchdog enforces the idle timeout (no timer operation per read).
-  beast::tcp_stream stream;
-  // Received bytes not yet parsed are buf[0, used). Bounded so that thousands of idle connections
-  // do not each keep a large read buffer; not zero-filled (only what is read is touched).
-  std::unique_ptr<char[]> buf;
-  std::size_t size = 0;
-  std::size_t used = 0;
-
-  // Drops the first `n` bytes (parsed), keeping the unparsed rest at the front.
-  void consume(std::size_t n) {
-    if (n == 0) return;
-    std::memmove(buf.get(), buf.get() + n, used - n);
-    used -= n;
-  }
-
-  void allocate(std::size_t n) {
-    std::unique_ptr<char[]> bigger(new char[n]);
-    if (used) std::memcpy(bigger.get(), buf.get(), used);
-    buf = std::move(bigger);
-    size = n;
-  }
-};
-
 // A leg in progress, as the lane's watchdog sees it.
 struct leg_watch {
   tcp::socket* socket = nullptr;
@@ -141,7 +113,7 @@ struct leg_watch {
 // One io_context thread with its own connections and results; nothing here is shared.
 struct lane {
   net::io_context ioc{1};
-  std::vector<std::unique_ptr<connection>> idle[2];  // per target
+  std::vector<std::unique_ptr<http1::client_connection>> idle[2];  // per target
   bench_result res;
   clock_type::time_point last_end{};
   std::mt19937_64 rng;
@@ -182,15 +154,14 @@ struct shared_state {
 };
 
 std::string make_head(const shared_state& st, const target& t, std::size_t body_size) {
-  std::string h = "POST ";
-  h += st.path;
-  h += " HTTP/1.1\r\nHost: ";
-  h += t.url.host.find(':') != std::string::npos ? "[" + t.url.host + "]" : t.url.host;
-  h += ':';
-  h += t.url.port;
-  h += "\r\nUser-Agent: pdlb-bench\r\nAccept: */*\r\nContent-Type: application/json\r\nContent-Length: ";
-  h += std::to_string(body_size);
-  h += "\r\n\r\n";
+  std::string h;
+  http1::append_request_head(h, {.method = "POST",
+                                 .target = st.path,
+                                 .host = t.url.host,
+                                 .port = t.url.port,
+                                 .fields = "User-Agent: pdlb-bench\r\nAccept: */*\r\n",
+                                 .content_type = "application/json",
+                                 .content_length = body_size});
   return h;
 }
 
@@ -206,11 +177,6 @@ struct leg_outcome {
   std::string error;
   bool complete = false;  // the whole response was read
 };
-
-bool stale_connection_error(const error_code& ec) {
-  return ec == http::error::end_of_stream || ec == net::error::eof ||
-         ec == net::error::connection_reset || ec == net::error::broken_pipe;
-}
 
 // Checks the lane's legs every `period` and cancels the socket operations of those silent for
 // longer than their limit; ends when no leg is left (so the io_context can run out of work).
@@ -256,42 +222,23 @@ struct watch_guard {
   leg_watch& watch;
 };
 
-// HTTP/1.1 response framing (Beast's parser), handing body bytes straight from the read buffer
-// to the sink, with the time their read completed.
-class response_reader final : public http::basic_parser<false> {
- public:
-  explicit response_reader(sink& out, std::uint64_t& bytes) : out_(out), bytes_(bytes) {}
+// The response reader's receiver: body bytes go straight from the read buffer to the sink, with the
+// time their read completed.
+struct to_sink {
+  sink& out;
+  std::uint64_t& bytes;
   clock_type::time_point now{};  // when the bytes being parsed were read
   unsigned status = 0;
 
- private:
-  void on_request_impl(http::verb, beast::string_view, beast::string_view, int,
-                       error_code&) override {}
-  void on_response_impl(int code, beast::string_view, int, error_code&) override {
-    status = static_cast<unsigned>(code);
-  }
-  void on_field_impl(http::field, beast::string_view, beast::string_view, error_code&) override {}
-  void on_header_impl(error_code&) override { out_.on_header(status, now); }
-  void on_body_init_impl(const boost::optional<std::uint64_t>&, error_code&) override {}
-  std::size_t on_body_impl(beast::string_view body, error_code&) override {
-    deliver(body);
+  void on_status(unsigned s) { status = s; }
+  void on_header() { out.on_header(status, now); }
+  std::size_t on_body(std::string_view body) {
+    if (!body.empty()) {
+      bytes += body.size();
+      out.on_body(body, now);
+    }
     return body.size();
   }
-  void on_chunk_header_impl(std::uint64_t, beast::string_view, error_code&) override {}
-  std::size_t on_chunk_body_impl(std::uint64_t, beast::string_view body, error_code&) override {
-    deliver(body);
-    return body.size();
-  }
-  void on_finish_impl(error_code&) override {}
-
-  void deliver(beast::string_view body) {
-    if (body.empty()) return;
-    bytes_ += body.size();
-    out_.on_body(std::string_view(body.data(), body.size()), now);
-  }
-
-  sink& out_;
-  std::uint64_t& bytes_;
 };
 
 // True if the leg's watchdog cut the operation that ended with `ec`.
@@ -300,91 +247,27 @@ bool timed_out(const leg_watch& watch, const error_code& ec) {
 }
 
 // A new connection to target `ti`; null with `error` set if connecting failed.
-net::awaitable<std::unique_ptr<connection>> open_connection(lane& ln, shared_state& st, int ti, std::string& error) {
+net::awaitable<std::unique_ptr<http1::client_connection>> open_connection(lane& ln, shared_state& st, int ti,
+                                                                          std::string& error) {
   const auto connect_timeout = std::chrono::duration_cast<std::chrono::nanoseconds>(
       std::chrono::duration<double>(st.opts.connect_timeout_s));
-  auto conn = std::make_unique<connection>(ln.ioc.get_executor());
-  conn->stream.expires_after(connect_timeout);
-  auto [ec, ep] = co_await conn->stream.async_connect(st.targets[ti].endpoints, tuple_awaitable);
-  if (ec) {
+  // The buffer grows only for a header (or chunk header) larger than it, up to twice the limit.
+  auto conn = std::make_unique<http1::client_connection>(ln.ioc.get_executor(), st.read_chunk,
+                                                         2 * static_cast<std::size_t>(header_limit));
+  if (auto ec = co_await http1::connect(*conn, st.targets[ti].endpoints, connect_timeout)) {
     error = "connect: " + (ec == beast::error::timeout ? std::string("timed out") : ec.message());
     co_return nullptr;
   }
-  conn->stream.expires_never();
-  conn->stream.socket().set_option(tcp::no_delay(true), ec);
-  conn->allocate(st.read_chunk);
   co_return conn;
 }
 
-// How reading one response ended.
-struct read_result {
-  enum { whole, stale, failed } end = failed;
-  std::string error;  ///< For failed.
-};
-
-// Reads one response from `conn` into `parser`. `may_be_stale`: a reused keep-alive connection on
-// its first try, which the server may have closed before it saw the request (then `stale`). Bytes
-// after the response (a pipelining server) stay in the connection's buffer for the next one.
-net::awaitable<read_result> read_response(connection& conn, response_reader& parser, leg_watch& watch,
-                                          bool may_be_stale) {
-  auto& socket = conn.stream.socket();
-  read_result r;
-  std::size_t pos = 0;  // conn.buf[pos, used) is not parsed yet
-  while (!parser.is_done()) {
-    if (pos < conn.used) {
-      error_code pec;
-      const std::size_t n = parser.put(net::buffer(conn.buf.get() + pos, conn.used - pos), pec);
-      pos += n;
-      if (pec && pec != http::error::need_more) {
-        r.error = std::string(parser.is_header_done() ? "read body: " : "read header: ") + pec.message();
-        co_return r;
-      }
-      if (parser.is_done()) break;
-      if (!pec && n > 0) continue;  // progress; more may be parsed from what is buffered
-    }
-    // Keep the unparsed tail at the front and read behind it.
-    conn.consume(pos);
-    pos = 0;
-    if (conn.used == conn.size) {
-      // A header (or chunk header) larger than the buffer: grow, within the header limit.
-      if (conn.size >= 2 * static_cast<std::size_t>(header_limit)) {
-        r.error = parser.is_header_done() ? "read body: chunk header too long" : "read header: header too long";
-        co_return r;
-      }
-      conn.allocate(conn.size * 2);
-    }
-    auto [rec, rn] = co_await socket.async_read_some(net::buffer(conn.buf.get() + conn.used, conn.size - conn.used),
-                                                     tuple_awaitable);
-    // The receive time of these bytes, before any parsing.
-    parser.now = clock_type::now();
-    watch.last = parser.now;
-    conn.used += rn;
-    if (rec == net::error::eof && parser.is_header_done()) {
-      // A body that runs until the connection closes ends here; anything else is cut short.
-      error_code eec;
-      if (conn.used == 0) parser.put_eof(eec);
-      if (conn.used != 0 || eec) {
-        r.error = "read body: " + (eec ? eec.message() : std::string("partial message"));
-        co_return r;
-      }
-      break;
-    }
-    if (rec) {
-      if (!parser.got_some() && conn.used == 0 && may_be_stale && stale_connection_error(rec)) {
-        r.end = read_result::stale;
-        co_return r;
-      }
-      const char* what = parser.is_header_done() ? "read body: " : "read header: ";
-      if (timed_out(watch, rec))
-        r.error = std::string(what) + (parser.is_header_done() ? "idle timeout" : "timed out");
-      else
-        r.error = what + (rec == net::error::eof ? std::string("end of stream") : rec.message());
-      co_return r;
-    }
-  }
-  conn.consume(pos);
-  r.end = read_result::whole;
-  co_return r;
+// How a failed response read is reported; `in_body`: the header had been read.
+std::string read_error(bool in_body, const leg_watch& watch, const error_code& ec) {
+  const std::string what = in_body ? "read body: " : "read header: ";
+  if (timed_out(watch, ec)) return what + (in_body ? "idle timeout" : "timed out");
+  // A header cut by the close has always been reported as the end of the stream.
+  if (!in_body && ec == http::error::partial_message) return what + "end of stream";
+  return what + ec.message();
 }
 
 // Sends one request to target `ti` and feeds the response to `out`. A reused keep-alive connection
@@ -393,7 +276,7 @@ net::awaitable<leg_outcome> run_leg(lane& ln, shared_state& st, int ti, std::str
                                     std::string_view body, sink& out) {
   const auto idle_timeout = std::chrono::duration_cast<clock_type::duration>(
       std::chrono::duration<double>(st.opts.idle_timeout_s));
-  std::unique_ptr<connection> conn;
+  std::unique_ptr<http1::client_connection> conn;
   if (!ln.idle[ti].empty()) {
     conn = std::move(ln.idle[ti].back());
     ln.idle[ti].pop_back();
@@ -417,7 +300,7 @@ net::awaitable<leg_outcome> run_leg(lane& ln, shared_state& st, int ti, std::str
     std::array<net::const_buffer, 2> bufs{net::buffer(head), net::buffer(body)};
     auto [wec, wn] = co_await net::async_write(socket, bufs, tuple_awaitable);
     if (wec || watch.timed_out) {
-      if (may_be_stale && stale_connection_error(wec)) {
+      if (may_be_stale && http1::closed_by_peer(wec)) {
         conn.reset();
         continue;
       }
@@ -426,17 +309,20 @@ net::awaitable<leg_outcome> run_leg(lane& ln, shared_state& st, int ti, std::str
     }
     watch.last = clock_type::now();
 
-    response_reader parser(out, ln.res.bytes);
+    http1::response_reader<to_sink> parser(to_sink{out, ln.res.bytes});
     parser.header_limit(header_limit);
     parser.body_limit(boost::none);  // streams are unbounded; whole bodies are capped by the sink
     parser.eager(true);
-    read_result r = co_await read_response(*conn, parser, watch, may_be_stale);
-    if (r.end == read_result::stale) {
+    // The receive time of the bytes read, taken before any parsing.
+    auto on_read = [&] { parser.receiver().now = watch.last = clock_type::now(); };
+    auto whole = [&] { return parser.is_done(); };
+    const error_code rec = co_await http1::read_response(*conn, parser, whole, on_read, may_be_stale);
+    if (rec == http1::client_errc::stale_connection) {
       conn.reset();
       continue;
     }
-    if (r.end == read_result::failed) {
-      res.error = std::move(r.error);
+    if (rec) {
+      res.error = read_error(parser.is_header_done(), watch, rec);
       co_return res;
     }
     res.complete = true;
@@ -465,7 +351,7 @@ struct main_sink final : sink {
   }
 
   void handle_event(std::string_view ev, clock_type::time_point now) {
-    auto data = sse_payload(ev, scratch);
+    auto data = pdlb::event_data(ev, scratch);
     if (!data) return;  // comments and other fields
     ++events;
     if (saw_done) {

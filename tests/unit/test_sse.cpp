@@ -153,6 +153,38 @@ TEST(Sse, EventDataStripsOneSpaceAndJoinsLines) {
   EXPECT_EQ(pdlb::event_data("database: x\n\n"), std::nullopt);
 }
 
+TEST(Sse, EventDataIntoScratchIsAViewOfTheEventForOneDataLine) {
+  const std::string event = "event: x\ndata: {\"a\":1}\n\n";
+  std::string scratch = "untouched";
+  const auto data = pdlb::event_data(event, scratch);
+  ASSERT_TRUE(data);
+  EXPECT_EQ(*data, "{\"a\":1}");
+  EXPECT_EQ(data->data(), event.data() + 15);  // no copy
+  EXPECT_EQ(scratch, "untouched");
+}
+
+TEST(Sse, EventDataIntoScratchJoinsSeveralDataLinesThere) {
+  std::string scratch = "old";
+  const auto data = pdlb::event_data("data: one\r\ndata:two\ndata\n\n", scratch);
+  ASSERT_TRUE(data);
+  EXPECT_EQ(*data, "one\ntwo\n");
+  EXPECT_EQ(data->data(), scratch.data());
+}
+
+TEST(Sse, EventDataIntoScratchAgreesWithTheAllocatingOne) {
+  for (std::string_view event : {"data: {\"a\":1}\n\n", "data:  two spaces\n\n", "data: one\r\ndata: two\r\n\r\n",
+                                 "event: x\nid: 3\ndata: y\n\n", "data\n\n", ": comment\n\n", "\n",
+                                 "database: x\n\n", "data: a\rdata: b\r\r", "data: cut", "data: a\n\ndata: b\n\n"}) {
+    std::string scratch;
+    const auto view = pdlb::event_data(event, scratch);
+    const auto copy = pdlb::event_data(event);
+    ASSERT_EQ(view.has_value(), copy.has_value()) << event;
+    if (view) {
+      EXPECT_EQ(*view, *copy) << event;
+    }
+  }
+}
+
 TEST(Sse, RecognisesDone) {
   EXPECT_TRUE(pdlb::is_done_payload("[DONE]"));
   EXPECT_TRUE(pdlb::is_done_payload(" [DONE]\n"));
