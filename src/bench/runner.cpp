@@ -1,5 +1,6 @@
 #include "runner.hpp"
 
+#include "pdlb/config.hpp"
 #include "pdlb/http_client.hpp"
 #include "pdlb/sse.hpp"
 
@@ -97,7 +98,7 @@ std::string id_list(std::uint32_t n) {
 
 // One server the bench talks to, resolved once.
 struct target {
-  http_url url;
+  worker_url url;  // the library's URL parser, as for pdlb's workers (a base path is kept)
   std::vector<tcp::endpoint> endpoints;
 };
 
@@ -156,9 +157,9 @@ struct shared_state {
 std::string make_head(const shared_state& st, const target& t, std::size_t body_size) {
   std::string h;
   http1::append_request_head(h, {.method = "POST",
+                                 .target_prefix = t.url.path_prefix,
                                  .target = st.path,
-                                 .host = t.url.host,
-                                 .port = t.url.port,
+                                 .host = t.url.host_header,
                                  .fields = "User-Agent: pdlb-bench\r\nAccept: */*\r\n",
                                  .content_type = "application/json",
                                  .content_length = body_size});
@@ -589,46 +590,19 @@ net::awaitable<void> open_loop_dispatcher(shared_state& st) {
 }
 
 target resolve(const std::string& url_text) {
-  auto url = parse_http_url(url_text);
-  if (!url) throw std::runtime_error("not an http:// URL: " + url_text);
+  target t;
+  std::string error;
+  if (!parse_worker_url(url_text, t.url, error)) throw std::runtime_error(error);
   net::io_context ioc;
   tcp::resolver resolver(ioc);
   error_code ec;
-  auto results = resolver.resolve(url->host, url->port, ec);
+  auto results = resolver.resolve(t.url.host, std::to_string(t.url.port), ec);
   if (ec) throw std::runtime_error("cannot resolve " + url_text + ": " + ec.message());
-  target t;
-  t.url = *url;
   for (const auto& r : results) t.endpoints.push_back(r.endpoint());
   return t;
 }
 
 }  // namespace
-
-std::optional<http_url> parse_http_url(const std::string& url) {
-  constexpr std::string_view scheme = "http://";
-  if (url.rfind(scheme, 0) != 0) return std::nullopt;
-  std::string rest = url.substr(scheme.size());
-  if (auto slash = rest.find('/'); slash != std::string::npos) {
-    if (rest.find_first_not_of('/', slash) != std::string::npos) return std::nullopt;  // no base paths
-    rest.resize(slash);
-  }
-  http_url u;
-  if (!rest.empty() && rest.front() == '[') {
-    auto close = rest.find(']');
-    if (close == std::string::npos) return std::nullopt;
-    u.host = rest.substr(1, close - 1);
-    rest.erase(0, close + 1);
-    if (!rest.empty() && rest.front() != ':') return std::nullopt;
-    u.port = rest.empty() ? "80" : rest.substr(1);
-  } else {
-    auto colon = rest.rfind(':');
-    u.host = rest.substr(0, colon);
-    u.port = colon == std::string::npos ? "80" : rest.substr(colon + 1);
-  }
-  if (u.host.empty() || u.port.empty() || u.port.find_first_not_of("0123456789") != std::string::npos)
-    return std::nullopt;
-  return u;
-}
 
 std::string build_body(const bench_options& opts) {
   std::string b;
@@ -685,7 +659,7 @@ bench_result run_bench(const bench_options& opts) {
       throw std::runtime_error("--direct-pd needs --prefill URL, --bootstrap-port P and --decode URL");
     st.targets.push_back(resolve(opts.decode_url));
     st.targets.push_back(resolve(opts.prefill_url));
-    st.bootstrap_host = st.targets[1].url.host;
+    st.bootstrap_host = st.targets[1].url.bootstrap_host;
   } else {
     st.targets.push_back(resolve(opts.url));
   }

@@ -12,14 +12,6 @@
 
 namespace pdlb::bench {
 
-/// A parsed http:// URL.
-struct http_url {
-  std::string host;  ///< Name or address, without brackets.
-  std::string port;  ///< Port as text ("80" if absent).
-};
-/// Parses "http://host[:port][/]"; nullopt for anything else.
-std::optional<http_url> parse_http_url(const std::string& url);
-
 /// What to send, how, and how to check it.
 struct bench_options {
   std::string url = "http://127.0.0.1:8000";  ///< The load balancer (or a worker).
