@@ -2,6 +2,7 @@
 
 #include "pdlb/config.hpp"
 #include "pdlb/http_client.hpp"
+#include "pdlb/json_escape.hpp"
 #include "pdlb/sse.hpp"
 
 #include <boost/asio/as_tuple.hpp>
@@ -56,23 +57,6 @@ std::uint64_t splitmix(std::uint64_t& s) {
   z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ull;
   z = (z ^ (z >> 27)) * 0x94d049bb133111ebull;
   return z ^ (z >> 31);
-}
-
-void append_json_string(std::string& out, std::string_view s) {
-  out += '"';
-  for (char c : s) {
-    if (c == '"' || c == '\\') {
-      out += '\\';
-      out += c;
-    } else if (static_cast<unsigned char>(c) < 0x20) {
-      char esc[8];
-      std::snprintf(esc, sizeof esc, "\\u%04x", static_cast<unsigned>(c));
-      out += esc;
-    } else {
-      out += c;
-    }
-  }
-  out += '"';
 }
 
 std::string prompt_text(std::size_t chars) {
