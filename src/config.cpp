@@ -561,7 +561,10 @@ std::optional<std::string> check_and_convert(raw_options& raw) {
   if (!std::isfinite(raw.grace_s) || raw.grace_s < 0) return "--shutdown-grace must be >= 0";
   if (!positive(raw.fail_timeout_s)) return "--fail-timeout must be positive";
   if (cfg.log_interval < 0) return "--log-interval must be >= 0";
-  if (cfg.connector_limit == 0 || cfg.connector_limit_per_host == 0) return "connector limits must be at least 1";
+  // A prefill/decode request holds a connection to each of its two workers at once (both are
+  // reserved before either leg starts): with one connection in all, no such request could ever run.
+  if (cfg.connector_limit < 2) return "--connector-limit must be at least 2 (a request holds a prefill and a decode connection)";
+  if (cfg.connector_limit_per_host == 0) return "--connector-limit-per-host must be at least 1";
   if (cfg.max_body_size == 0) return "--max-body-size must be at least 1";
   if (cfg.metrics_port < -1 || cfg.metrics_port > 65535) return "--metrics-port must be a port (0: any free one), or -1 for none";
   cfg.policy = raw.policy == "po2"           ? policy_kind::po2

@@ -261,17 +261,18 @@ TEST(HardeningAlone, PerWorkerLimitsOfOneServeEveryRequestOfABurstInTurn) {
 }
 
 TEST(HardeningAlone, NoFreeConnectionBeforeTheTimeoutGives503) {
-  // One connection allowed, held by a request to a stalled decode worker; the next request waits
-  // for a slot until --timeout, then gets 503.
-  auto c = cluster::start(1, 1, {"--connector-limit", "1", "--timeout", "1"});
+  // Two connections allowed, both held by a request to a stalled decode worker; the next request
+  // waits for a slot until --timeout, then gets 503.
+  auto c = cluster::start(1, 1, {"--connector-limit", "2", "--timeout", "1"});
   post_json(*c->decode[0], "/sim/fault", {{"stall", true}});
   auto first = std::async(std::launch::async, [&] { return c->post_raw("/generate", small_body); });
   auto second = c->post_raw("/generate", small_body);
   auto r1 = first.get();
   std::vector<unsigned> statuses{r1.status, second.status};
   std::sort(statuses.begin(), statuses.end());
-  // The holder times out (504) or gets no slot (503); neither hangs.
+  // The holder times out (504) or gets no slot (503); neither hangs, and one of them waited for a slot.
   for (auto s : statuses) EXPECT_TRUE(s == 503u || s == 504u) << s << " " << r1.body << " / " << second.body;
+  EXPECT_EQ(statuses.front(), 503u) << r1.body << " / " << second.body;
 }
 
 TEST(HardeningAlone, RunningOutOfFileDescriptorsBacksOffAndRecovers) {

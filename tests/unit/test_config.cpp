@@ -102,6 +102,16 @@ TEST(CommandLine, NoBootstrapPortsMeansNull) {
   EXPECT_FALSE(r.cfg.prefill[0].bootstrap_port.has_value());
 }
 
+TEST(CommandLine, AConnectorLimitBelowTwoIsAStartupErrorSayingWhy) {
+  // A PD request holds a prefill and a decode connection at once: with one, none could ever run.
+  auto r = parse({"--connector-limit", "1"});
+  EXPECT_EQ(r.what, pdlb::cli_result::action::exit);
+  EXPECT_EQ(r.exit_code, 2);
+  EXPECT_NE(r.message.find("--connector-limit must be at least 2"), std::string::npos) << r.message;
+  EXPECT_EQ(parse({"--connector-limit", "2"}).what, pdlb::cli_result::action::run);
+  EXPECT_EQ(parse({"--connector-limit-per-host", "0"}).exit_code, 2);
+}
+
 TEST(CommandLine, BootstrapPortCountMismatchIsAStartupError) {
   auto r = parse({"--prefill", "http://p1:1", "http://p2:2", "http://p3:3", "--prefill-bootstrap-ports",
                   "8998", "8999"});
