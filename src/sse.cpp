@@ -141,19 +141,6 @@ void for_each_data_value(std::string_view event, OnValue on_value) {
 
 }  // namespace
 
-std::optional<std::string> event_data(std::string_view event) {
-  std::optional<std::string> out;
-  for_each_data_value(event, [&](std::string_view value) {
-    if (out) {
-      out->push_back('\n');
-      out->append(value);
-    } else {
-      out.emplace(value);
-    }
-  });
-  return out;
-}
-
 std::optional<std::string_view> event_data(std::string_view event, std::string& scratch) {
   std::string_view first;
   std::size_t lines = 0;
@@ -168,6 +155,13 @@ std::optional<std::string_view> event_data(std::string_view event, std::string& 
   });
   if (lines == 0) return std::nullopt;
   return lines == 1 ? first : std::string_view(scratch);
+}
+
+std::optional<std::string> event_data(std::string_view event) {
+  std::string scratch;
+  auto data = event_data(event, scratch);
+  if (!data) return std::nullopt;
+  return std::string(*data);
 }
 
 bool is_done_payload(std::string_view data) {

@@ -37,7 +37,7 @@ relay_output stream_relay::feed_merging(std::string_view bytes, bool end) {
   splitter_.feed(bytes);
   out_.clear();
   while (auto ev = splitter_.next_event()) {
-    auto data = event_data(*ev);
+    auto data = event_data(*ev, data_);  // a view: no allocation per event
     std::optional<std::string> merged;
     if (data && !is_done_payload(*data)) merged = merge_event_logprobs(*data, *prefill_);
     if (merged) {
@@ -66,7 +66,7 @@ std::size_t stream_relay::held() const { return prefill_ ? splitter_.pending().s
 void prefill_stream_reader::feed(std::string_view bytes) {
   splitter_.feed(bytes);
   while (auto ev = splitter_.next_event()) {
-    if (auto data = event_data(*ev); data && !is_done_payload(*data))
+    if (auto data = event_data(*ev, data_); data && !is_done_payload(*data))
       collect_stream_logprobs(*data, logprobs_);
   }
 }

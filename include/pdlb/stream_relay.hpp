@@ -52,6 +52,7 @@ class stream_relay {
   const prefill_logprobs* prefill_;
   std::string pending_;   // plain relay: a partial event
   sse_splitter splitter_;  // merging relay: events one by one
+  std::string data_;       // merging relay: an event's data when it has several lines
   std::string out_;        // what feed() returns as its head
 };
 
@@ -66,6 +67,7 @@ class prefill_stream_reader {
 
  private:
   sse_splitter splitter_;
+  std::string data_;  // an event's data when it has several lines
   prefill_logprobs logprobs_;
 };
 
